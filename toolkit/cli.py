@@ -1,0 +1,56 @@
+"""The ``stacklab`` command line: one subcommand per job, each a thin layer over the toolkit.
+
+Every subcommand lives in the module that does its work, as two functions:
+``add_arguments(parser)`` and ``run(args) -> int``. This file only lists them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+# name -> (module that implements it, one-line help)
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "simulate": (
+        "stacklab.toolkit.simulate.cli",
+        "simulate a multi-band, multi-epoch dataset with truth",
+    ),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stacklab",
+        description="Astronomical image analysis in notebooks and batch runs.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in _COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``stacklab`` command line; return the process exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args._run(args))
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"stacklab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Simulated LSST-like data with truth, built on GalSim."""

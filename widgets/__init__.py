@@ -1,0 +1,3 @@
+"""stacklab.widgets: Jupyter widgets that display exposures, regions and catalogs."""
+
+__all__: list[str] = []
