@@ -1,0 +1,1 @@
+"""Batch runs of curated notebooks: papermill tasks over parameter grids on Dask."""
