@@ -323,7 +323,7 @@ class Exposure:
         ``fields`` override anything read (e.g. ``band="r"``).
         """
         image = np.asarray(ccd.data)
-        variance = None
+        variance: NDArray[Any] | None = None
         uncertainty = ccd.uncertainty
         if isinstance(uncertainty, VarianceUncertainty):
             variance = np.asarray(uncertainty.array)
@@ -333,7 +333,7 @@ class Exposure:
             with np.errstate(divide="ignore"):
                 variance = 1.0 / np.asarray(uncertainty.array)
         planes = MaskPlanes.from_header(fits.Header(ccd.meta)) or MaskPlanes.default()
-        mask = None
+        mask: NDArray[Any] | None = None
         if ccd.mask is not None:
             raw = np.asarray(ccd.mask)
             mask = (
@@ -342,13 +342,20 @@ class Exposure:
                 else raw
             )
         meta = dict(ccd.meta)
-        read = {
+        read: dict[str, Any] = {
             key: meta.get(f"STACKLAB {key.upper()}")
             for key in ("band", "visit", "detector", "zero_point", "x0", "y0")
             if f"STACKLAB {key.upper()}" in meta
         }
         read.update(fields)
-        return cls(image, variance=variance, mask=mask, wcs=ccd.wcs, mask_planes=planes, **read)
+        return cls(
+            image,
+            variance=variance,  # type: ignore[arg-type]
+            mask=mask,  # type: ignore[arg-type]
+            wcs=ccd.wcs,
+            mask_planes=planes,
+            **read,
+        )
 
 
 def _robust_variance(image: NDArray[np.float32]) -> float:

@@ -56,8 +56,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         yield tmp
+        # mkstemp makes owner-only files; give the result the usual permissions.
+        tmp.chmod(0o666 & ~umask)
         tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -469,4 +473,3 @@ def _put_card(header: fits.Header, key: str, value: Any) -> None:
         header[name] = value
     except (ValueError, TypeError):
         log.debug("metadata %r=%r does not fit a FITS card; not written", key, value)
-

@@ -124,12 +124,19 @@ class MaskPlanes(Mapping[str, int]):
 
     def names_of(self, value: int) -> list[str]:
         """Return the names of the planes set in one mask value, in bit order."""
-        return [name for name, bit in sorted(self.bits.items(), key=lambda kv: kv[1]) if value >> bit & 1]
+        return [
+            name
+            for name, bit in sorted(self.bits.items(), key=lambda kv: kv[1])
+            if value >> bit & 1
+        ]
 
     def to_header(self, header: fits.Header) -> None:
         """Write the planes as ``MP_<NAME>`` cards into ``header`` (in place)."""
         for name, bit in self.bits.items():
-            header[f"HIERARCH {_HEADER_PREFIX}{name}"] = (bit, DEFAULT_MASK_PLANES.get(name, ""))
+            key = f"HIERARCH {_HEADER_PREFIX}{name}"
+            comment = DEFAULT_MASK_PLANES.get(name, "")
+            room = 80 - len(key) - len(" = ") - 20 - len(" / ")  # value field is 20 wide
+            header[key] = (bit, comment[: max(room, 0)])
 
     @classmethod
     def from_header(cls, header: fits.Header) -> MaskPlanes | None:
