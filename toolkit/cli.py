@@ -16,6 +16,10 @@ __all__ = ["main"]
 
 # name -> (module that implements it, one-line help)
 _COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": (
+        "stacklab.toolkit.demo",
+        "simulate the demo dataset and run the main job on it",
+    ),
     "simulate": (
         "stacklab.toolkit.simulate.cli",
         "simulate a multi-band, multi-epoch dataset with truth",

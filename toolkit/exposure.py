@@ -24,6 +24,9 @@ from .mask import MaskPlanes
 
 __all__ = ["Exposure", "Psf", "ShiftedPsf"]
 
+# Planes that make a pixel unusable, for consumers that only know a boolean mask.
+_BAD_PLANES = ("BAD", "SAT", "CR", "NO_DATA", "SUSPECT", "INTRP", "EDGE")
+
 log = logging.getLogger(__name__)
 
 
@@ -298,8 +301,12 @@ class Exposure:
         return np.asarray(10.0 ** (-0.4 * (np.asarray(mag, dtype=np.float64) - self.zero_point)))
 
     # ---- interoperability --------------------------------------------------------
-    def to_ccddata(self) -> CCDData:
-        """Return an ``astropy.nddata.CCDData`` (unit adu, variance uncertainty, int mask)."""
+    def to_ccddata(self, *, bad_planes: tuple[str, ...] = _BAD_PLANES) -> CCDData:
+        """Return an ``astropy.nddata.CCDData`` in ADU with a variance uncertainty.
+
+        CCDData masks are boolean: ``mask`` is true where any of ``bad_planes``
+        is set, and the full integer bit planes travel as ``flags``.
+        """
         meta = fits.Header()
         for key in ("band", "visit", "detector", "zero_point", "x0", "y0"):
             value = getattr(self, key)
@@ -310,7 +317,8 @@ class Exposure:
             self.image,
             unit=u.adu,
             uncertainty=VarianceUncertainty(self.variance, unit=u.adu**2),
-            mask=self.mask,
+            mask=(self.mask & self.mask_planes.bitmask(*bad_planes)) != 0,
+            flags=self.mask.copy(),
             wcs=self.wcs,
             meta=meta,
         )
@@ -319,8 +327,9 @@ class Exposure:
     def from_ccddata(cls, ccd: CCDData, **fields: Any) -> Exposure:
         """Build an exposure from ``CCDData`` (its uncertainty becomes the variance).
 
-        A boolean mask becomes the ``BAD`` plane; an integer mask is taken as bit planes.
-        ``fields`` override anything read (e.g. ``band="r"``).
+        Integer ``flags`` (as :meth:`to_ccddata` writes) are taken as the bit planes;
+        otherwise a boolean mask becomes the ``BAD`` plane. ``fields`` override
+        anything read (e.g. ``band="r"``).
         """
         image = np.asarray(ccd.data)
         variance: NDArray[Any] | None = None
@@ -334,7 +343,14 @@ class Exposure:
                 variance = 1.0 / np.asarray(uncertainty.array)
         planes = MaskPlanes.from_header(fits.Header(ccd.meta)) or MaskPlanes.default()
         mask: NDArray[Any] | None = None
-        if ccd.mask is not None:
+        flags = getattr(ccd, "flags", None)
+        if (
+            isinstance(flags, np.ndarray)
+            and flags.dtype.kind in "iu"
+            and flags.shape == image.shape
+        ):
+            mask = flags
+        elif ccd.mask is not None:
             raw = np.asarray(ccd.mask)
             mask = (
                 np.where(raw, np.int32(planes.bitmask("BAD")), np.int32(0))

@@ -196,21 +196,24 @@ def read_exposure(
     if variance is not None and weight is not None:
         msg = "give either variance= or weight=, not both"
         raise ValueError(msg)
-    try:
-        hdul = fits.open(source, memmap=False)
-    except OSError as err:
-        msg = f"{source} is not a readable FITS file ({err}); is it truncated or another format?"
-        raise ValueError(msg) from err
-    with hdul, warnings.catch_warnings():
+    with warnings.catch_warnings():
         # Real headers carry non-standard cards (ESO-LOG, ...); astropy reports each one.
         warnings.simplefilter("ignore", AstropyWarning)
-        names = [h.name.upper() for h in hdul]
-        if hdu is None and all(n in names for n in _PLANE_NAMES):
-            if variance is not None or weight is not None:
-                msg = f"{source} already has a VARIANCE HDU; do not pass variance= or weight="
-                raise ValueError(msg)
-            return _read_stacklab(hdul, source, fields)
-        return _read_plain(hdul, source, hdu, variance, weight, gain, fields)
+        try:
+            hdul = fits.open(source, memmap=False)
+        except OSError as err:
+            msg = (
+                f"{source} is not a readable FITS file ({err}); is it truncated or another format?"
+            )
+            raise ValueError(msg) from err
+        with hdul:
+            names = [h.name.upper() for h in hdul]
+            if hdu is None and all(n in names for n in _PLANE_NAMES):
+                if variance is not None or weight is not None:
+                    msg = f"{source} already has a VARIANCE HDU; do not pass variance= or weight="
+                    raise ValueError(msg)
+                return _read_stacklab(hdul, source, fields)
+            return _read_plain(hdul, source, hdu, variance, weight, gain, fields)
 
 
 # ---- stacklab / LSST layout ---------------------------------------------------------

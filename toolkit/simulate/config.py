@@ -46,8 +46,8 @@ class SimulationConfig:
     rotation_max_deg : float
         Largest sky rotation of a visit (degrees, uniform in ±this).
     sip_distortion_px : float
-        Radial optical distortion at the focal-plane corner (pixels), written as
-        SIP terms of the TAN WCS; 0 gives a pure TAN WCS.
+        Radial optical distortion 1000 px from the optical axis (pixels; cubic in
+        radius), written as SIP terms of the TAN WCS; 0 gives a pure TAN WCS.
     star_density_arcmin2 : float
         Stars per square arcminute between ``star_mag_range``.
     star_mag_range : tuple of float
@@ -111,7 +111,7 @@ class SimulationConfig:
     dec_deg: float = 2.2
     dither_arcsec: float = 20.0
     rotation_max_deg: float = 20.0
-    sip_distortion_px: float = 1.5
+    sip_distortion_px: float = 0.5
     star_density_arcmin2: float = 8.0
     star_mag_range: tuple[float, float] = (15.5, 25.0)
     star_count_slope: float = 0.15

@@ -70,6 +70,8 @@ class SimulatedVisit:
     noiseless : numpy.ndarray
         Expected image (ADU): sky plus objects, after brighter-fatter, without
         noise or artifacts.
+    sky : numpy.ndarray
+        The sky alone (ADU), with its gradient: the true background.
     artifact_mask : numpy.ndarray
         Truth mask (int32) with planes ``artifact_planes`` marking where cosmic
         rays, trails, bad columns and saturation/bleeding changed the pixels.
@@ -82,6 +84,7 @@ class SimulatedVisit:
     exposure: Exposure
     truth: Table
     noiseless: NDArray[np.float32]
+    sky: NDArray[np.float32]
     artifact_mask: NDArray[np.int32]
     conditions: VisitConditions
     artifact_planes: MaskPlanes = field(
@@ -300,6 +303,7 @@ def simulate_visit(
         exposure=exposure,
         truth=objects,
         noiseless=noiseless,
+        sky=sky_adu.astype(np.float32),
         artifact_mask=truth_mask,
         conditions=conditions,
         artifact_planes=planes,

@@ -10,6 +10,8 @@ from numpy.typing import NDArray
 
 from .config import SimulationConfig
 
+_DISTORTION_RADIUS_PX = 1000.0
+
 __all__ = ["detector_offset", "focal_plane_centre", "local_jacobians", "make_detector_wcs"]
 
 
@@ -56,7 +58,7 @@ def make_detector_wcs(
     astropy.wcs.WCS
         Celestial WCS in this detector's 0-based pixel frame.
     """
-    centre, half = focal_plane_centre(config)
+    centre, _ = focal_plane_centre(config)
     dx, dy = detector_offset(config, detector)
     wcs = WCS(naxis=2)
     wcs.wcs.crpix = [centre - dx + 1.0, centre - dy + 1.0]  # FITS pixels are 1-based
@@ -69,8 +71,8 @@ def make_detector_wcs(
     if config.sip_distortion_px > 0:
         from astropy.wcs import Sip
 
-        corner = half * np.sqrt(2.0)
-        k = config.sip_distortion_px / corner**3
+        # The optics fix the distortion in pixels at a given radius, whatever the detector size.
+        k = config.sip_distortion_px / _DISTORTION_RADIUS_PX**3
         # Radial cubic distortion: dx = k x r², dy = k y r², with r from CRPIX.
         a = np.zeros((4, 4))
         b = np.zeros((4, 4))
