@@ -1,0 +1,301 @@
+"""Single-frame processing, side by side: stacklab vs SExtractor + PSFEx on one simulated image.
+
+Simulates a 4096x4096 r-band visit (size from ``STACKLAB_BENCH_SIZE``), runs
+``process_frame`` in a one-thread child process and SExtractor (two passes) +
+PSFEx on the same pixels, and prints accuracy against the simulation truth and
+time/memory ratios. Run by ``make bench``; never by the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import numpy as np  # noqa: E402
+from astropy.io import fits  # noqa: E402
+from astropy.table import Table  # noqa: E402
+from scipy.spatial import cKDTree  # noqa: E402
+
+from stacklab.toolkit import PsfModel, rho_statistics, write_exposure  # noqa: E402
+from stacklab.toolkit.simulate import SimulationConfig, make_sky, simulate_visit  # noqa: E402
+
+SIZE = int(os.environ.get("STACKLAB_BENCH_SIZE", "4096"))
+SEX = shutil.which("source-extractor") or shutil.which("sex")
+PSFEX = shutil.which("psfex")
+SHARE = Path("/usr/share/source-extractor")
+MATCH_PX = 2.0
+
+_CHILD = """
+import resource, sys, time, pickle
+from stacklab.toolkit import read_exposure, process_frame
+exp = read_exposure(sys.argv[1])
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.perf_counter()
+res = process_frame(exp)
+wall = time.perf_counter() - t
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+res.catalog.write(sys.argv[2], overwrite=True)
+fits.HDUList([fits.PrimaryHDU(), res.psf.to_hdu()]).writeto(sys.argv[3], overwrite=True)
+stars = res.psf_fit.stars
+stars.write(sys.argv[4], overwrite=True)
+v = res.psf_fit.validation
+print(wall, base, peak, res.aperture_correction, v.size_residual_mean, v.size_residual_rms,
+      v.rho.mean("rho1", 0.2, 1.0) if v.rho else float("nan"))
+""".replace("import resource", "from astropy.io import fits\nimport resource")
+
+
+def _sextractor_config(work: Path, image: Path, weight: Path) -> list[str]:
+    return [
+        "-c", str(SHARE / "default.sex"), "-FILTER_NAME", str(SHARE / "gauss_2.5_5x5.conv"),
+        "-STARNNW_NAME", str(SHARE / "default.nnw"), "-WEIGHT_TYPE", "MAP_WEIGHT",
+        "-WEIGHT_IMAGE", str(weight), "-DETECT_THRESH", "1.5", "-DETECT_MINAREA", "5",
+        "-SATUR_LEVEL", "59000", "-GAIN", "1.5", "-PIXEL_SCALE", "0", "-SEEING_FWHM", "0.8",
+        "-BACK_SIZE", "64", "-NTHREADS", "1", "-VERBOSE_TYPE", "QUIET", "-CHECKIMAGE_TYPE", "NONE",
+        "-PHOT_APERTURES", "34",
+    ]  # fmt: skip
+
+
+def run_peers(image: Path, weight: Path, work: Path) -> tuple[Table, Path, float, float]:
+    """SExtractor pass 1 -> PSFEx -> SExtractor pass 2 (PSF photometry); wall time, max RSS."""
+    base = _sextractor_config(work, image, weight)
+    (work / "pre.param").write_text(
+        "\n".join(
+            [
+                "X_IMAGE",
+                "Y_IMAGE",
+                "XWIN_IMAGE",
+                "YWIN_IMAGE",
+                "FLUX_APER(1)",
+                "FLUXERR_APER(1)",
+                "FLUX_RADIUS",
+                "ELONGATION",
+                "FLAGS",
+                "SNR_WIN",
+                "FLUX_MAX",
+                "VIGNET(35,35)",
+            ]
+        )
+        + "\n"
+    )
+    (work / "final.param").write_text(
+        "\n".join(
+            [
+                "NUMBER",
+                "X_IMAGE",
+                "Y_IMAGE",
+                "XPSF_IMAGE",
+                "YPSF_IMAGE",
+                "FLUX_PSF",
+                "FLUXERR_PSF",
+                "FLUX_AUTO",
+                "FLUXERR_AUTO",
+                "FLUX_APER(1)",
+                "FLAGS",
+                "CLASS_STAR",
+                "SNR_WIN",
+            ]
+        )
+        + "\n"
+    )
+    start = time.perf_counter()
+    subprocess.run(
+        [SEX, str(image), *base, "-CATALOG_TYPE", "FITS_LDAC", "-CATALOG_NAME",
+         str(work / "pre.cat"), "-PARAMETERS_NAME", str(work / "pre.param")],
+        check=True, cwd=work,
+    )  # fmt: skip
+    subprocess.run(
+        [PSFEX, str(work / "pre.cat"), "-c", "/usr/share/psfex/default.psfex",
+         "-PSF_SIZE", "35,35", "-PSFVAR_DEGREES", "2", "-PSF_SAMPLING", "1.0",
+         "-BASIS_TYPE", "PIXEL_AUTO", "-SAMPLE_VARIABILITY", "0.3", "-SAMPLE_MINSN", "20",
+         "-SAMPLE_FWHMRANGE", "1.5,15", "-SAMPLE_MAXELLIP", "0.3", "-CHECKPLOT_TYPE", "NONE",
+         "-CHECKIMAGE_TYPE", "NONE", "-WRITE_XML", "N", "-NTHREADS", "1", "-VERBOSE_TYPE",
+         "QUIET", "-PSF_DIR", str(work)],
+        check=True, cwd=work,
+    )  # fmt: skip
+    psf_file = work / "pre.psf"
+    subprocess.run(
+        [SEX, str(image), *base, "-CATALOG_TYPE", "FITS_1.0", "-CATALOG_NAME",
+         str(work / "final.cat"), "-PARAMETERS_NAME", str(work / "final.param"),
+         "-PSF_NAME", str(psf_file)],
+        check=True, cwd=work,
+    )  # fmt: skip
+    wall = time.perf_counter() - start
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return Table.read(work / "final.cat", hdu=2), psf_file, wall, peak_kb / 1024.0
+
+
+def psfex_image(psf_file: Path, x: float, y: float) -> np.ndarray:
+    """PSFEx model at (x, y) (0-based), sampling 1: sum of PSF_MASK x polynomial terms."""
+    with fits.open(psf_file) as hdul:
+        header = hdul[1].header
+        basis = np.asarray(hdul[1].data["PSF_MASK"][0], dtype=float)
+    dx = (x + 1 - header["POLZERO1"]) / header["POLSCAL1"]
+    dy = (y + 1 - header["POLZERO2"]) / header["POLSCAL2"]
+    degree = int(header["POLDEG1"])
+    terms = [dx**i * dy**j for j in range(degree + 1) for i in range(degree + 1 - j)]
+    stamp = np.tensordot(np.array(terms), basis, axes=1)
+    return stamp / stamp.sum()
+
+
+def shapes(images: list[np.ndarray]) -> np.ndarray:
+    import galsim
+
+    out = []
+    for image in images:
+        res = galsim.hsm.FindAdaptiveMom(galsim.ImageD(np.pad(image, 17), scale=1.0), strict=False)
+        s = res.observed_shape
+        out.append((2 * res.moments_sigma**2, s.e1, s.e2))
+    return np.array(out)
+
+
+def detection_stats(
+    x, y, snr_measured, truth, truth_snr, everything
+) -> list[tuple[str, float, float, int]]:
+    tree = cKDTree(np.c_[x, y])
+    dist, _ = tree.query(np.c_[truth["x"], truth["y"]])
+    found = dist < MATCH_PX
+    # Purity counts a detection as real if any object is there, including objects
+    # centred just off the image whose light falls on it.
+    ttree = cKDTree(np.c_[everything["x"], everything["y"]])
+    dist2, _ = ttree.query(np.c_[x, y])
+    real = dist2 < MATCH_PX
+    rows = []
+    for lo, hi in ((5, 10), (10, 20), (20, 50), (50, np.inf), (10, np.inf)):
+        sel = (truth_snr >= lo) & (truth_snr < hi)
+        dsel = (snr_measured >= lo) & (snr_measured < hi)
+        rows.append((f"{lo:g}-{hi:g}", found[sel].mean(), real[dsel].mean(), int(sel.sum())))
+    return rows
+
+
+def main() -> int:
+    if SEX is None or PSFEX is None:
+        print("source-extractor / psfex not installed; skipping the peer run")
+        return 0
+    config = SimulationConfig(size=SIZE, seed=7, bands=("r",), star_density_arcmin2=12.0)
+    t0 = time.perf_counter()
+    sky = make_sky(config)
+    sim = simulate_visit(sky, config, visit=0)
+    seeing = sim.conditions.seeing_fwhm_arcsec
+    print(f"simulated {SIZE}x{SIZE} in {time.perf_counter() - t0:.1f} s; "
+          f"{len(sim.truth)} objects, seeing {seeing:.2f} arcsec")  # fmt: skip
+    truth = sim.truth[sim.truth["in_image"]]
+    hlr = (
+        dict(zip(sky["id"], sky["hlr_arcsec"], strict=True)) if "hlr_arcsec" in sky.colnames else {}
+    )
+    exp = sim.exposure
+    sigma_psf = np.asarray(truth["psf_fwhm_px"]) / 2.3548
+    size_px = np.array([hlr.get(i, 0.0) for i in truth["id"]]) / config.pixel_scale_arcsec / 1.18
+    size_px = np.where(truth["is_star"], 0.0, np.nan_to_num(size_px))
+    sky_var = float(np.median(exp.variance))
+    truth_snr = np.asarray(truth["flux"]) / np.sqrt(
+        4 * np.pi * (sigma_psf**2 + size_px**2) * sky_var
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        image_path, weight_path = work / "image.fits", work / "weight.fits"
+        fits.writeto(image_path, exp.image, exp.wcs.to_header(relax=True) if exp.wcs else None)
+        fits.writeto(weight_path, (1.0 / exp.variance).astype(np.float32))
+        write_exposure(exp.replace(psf=None), work / "exp.fits")
+        child = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(work / "exp.fits"), str(work / "src.fits"),
+             str(work / "psf.fits"), str(work / "stars.fits")],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        ours_wall, base_kb, peak_kb, apcorr, v_mean, v_rms, rho1_stars = (
+            float(v) for v in child.stdout.split()[-7:]
+        )
+        ours = Table.read(work / "src.fits")
+        with fits.open(work / "psf.fits") as hdul:
+            model = PsfModel.from_hdu(hdul[1])
+        stars = Table.read(work / "stars.fits")
+        sex, psf_file, sex_wall, sex_peak_mb = run_peers(image_path, weight_path, work)
+        reserved = stars[stars["reserved"]]
+        rx, ry = np.asarray(reserved["x"]), np.asarray(reserved["y"])
+        truth_shape = np.array([tuple(exp.psf.moments(x, y)) for x, y in zip(rx, ry, strict=True)])
+        ours_shape = shapes([model.compute_image(x, y) for x, y in zip(rx, ry, strict=True)])
+        peer_shape = shapes([psfex_image(psf_file, x, y) for x, y in zip(rx, ry, strict=True)])
+
+    image_mb = exp.image.nbytes / 2**20
+    print(f"\n{'':34s}{'stacklab':>14s}{'SExtractor+PSFEx':>18s}")
+    print(f"{'wall time (s, 1 thread)':34s}{ours_wall:14.1f}{sex_wall:18.1f}"
+          f"   ratio {ours_wall / sex_wall:.2f}")  # fmt: skip
+    print(f"{'peak memory above start (x image)':34s}{(peak_kb - base_kb) / 1024 / image_mb:14.2f}"
+          f"{sex_peak_mb / image_mb:18.2f}   (peer: absolute max RSS)")  # fmt: skip
+    primary = ours[ours["n_children"] == 0]
+    ours_snr = np.asarray(primary["flux_psf"] / primary["flux_psf_err"])
+    sex_snr = np.asarray(sex["SNR_WIN"])
+    print("\ndetection vs truth (match < 2 px): completeness / purity [n truth]")
+    a = detection_stats(primary["x"], primary["y"], ours_snr, truth, truth_snr, sim.truth)
+    b = detection_stats(
+        sex["X_IMAGE"] - 1, sex["Y_IMAGE"] - 1, sex_snr, truth, truth_snr, sim.truth
+    )
+    for (label, c1, p1, n), (_, c2, p2, _) in zip(a, b, strict=True):
+        print(f"  S/N {label:9s} [{n:5d}] {c1:7.3f} / {p1:5.3f}      {c2:7.3f} / {p2:5.3f}")
+
+    def star_photometry(x, y, flux, err, flags_ok):
+        tree = cKDTree(np.c_[x, y])
+        dist, idx = tree.query(np.c_[truth["x"], truth["y"]])
+        ttree = cKDTree(np.c_[truth["x"], truth["y"]])
+        neighbours = np.array(
+            [len(n) for n in ttree.query_ball_point(np.c_[truth["x"], truth["y"]], 12)]
+        )
+        sel = truth["is_star"] & ~truth["saturated"] & (dist < 1.0) & (neighbours == 1)
+        sel &= (truth_snr > 100) & (truth_snr < 2000)
+        sel[sel] &= flags_ok[idx[sel]]
+        f, e = flux[idx[sel]], err[idx[sel]]
+        ratio = f / truth["flux"][sel]
+        ratio_drawn = f / truth["flux_drawn"][sel]
+        pull = (f - truth["flux_drawn"][sel] * np.median(ratio_drawn)) / e
+        mad = 1.4826 * np.median(np.abs(pull - np.median(pull)))
+        return int(sel.sum()), np.median(ratio) - 1, np.median(ratio_drawn) - 1, mad
+
+    ok_ours = (np.asarray(primary["flags"]) & 0b11111111) == 0
+    s1 = star_photometry(primary["x"], primary["y"], np.asarray(primary["flux_psf"]),
+                         np.asarray(primary["flux_psf_err"]), ok_ours)  # fmt: skip
+    s2 = star_photometry(sex["X_IMAGE"] - 1, sex["Y_IMAGE"] - 1, np.asarray(sex["FLUX_PSF"]),
+                         np.asarray(sex["FLUXERR_PSF"]), np.asarray(sex["FLAGS"]) == 0)  # fmt: skip
+    print("\nbright isolated unsaturated stars (true S/N 100-2000), PSF flux")
+    print(f"  {'n stars':30s}{s1[0]:14d}{s2[0]:18d}")
+    print(f"  {'bias vs true total flux':30s}{s1[1]:14.4f}{s2[1]:18.4f}")
+    print(f"  {'bias vs flux drawn':30s}{s1[2]:14.4f}{s2[2]:18.4f}")
+    print(f"  {'scatter / photon-noise floor':30s}{s1[3]:14.3f}{s2[3]:18.3f}")
+    print(f"  (stacklab aperture correction {apcorr:.4f})")
+
+    def psf_stats(shape):
+        dT = (truth_shape[:, 0] - shape[:, 0]) / truth_shape[:, 0]
+        de1, de2 = truth_shape[:, 1] - shape[:, 1], truth_shape[:, 2] - shape[:, 2]
+        rho = rho_statistics(
+            rx, ry, star_T=truth_shape[:, 0], star_e1=truth_shape[:, 1],
+            star_e2=truth_shape[:, 2], model_T=shape[:, 0], model_e1=shape[:, 1],
+            model_e2=shape[:, 2], pixel_scale_arcsec=config.pixel_scale_arcsec,
+        )  # fmt: skip
+        return (
+            dT.mean(),
+            np.sqrt(np.mean(dT**2)),
+            np.std(de1),
+            np.std(de2),
+            rho.mean("rho1", 0.2, 1.0),
+        )
+
+    p1, p2 = psf_stats(ours_shape), psf_stats(peer_shape)
+    print(f"\nPSF model vs truth PSF at {len(rx)} reserved stars")
+    for name, v1, v2 in zip(("mean dT/T", "rms dT/T", "rms de1", "rms de2", "rho1 0.2'-1'"),
+                            p1, p2, strict=True):  # fmt: skip
+        print(f"  {name:30s}{v1:14.2e}{v2:18.2e}")
+    print(f"  stacklab on the reserved stars' own moments: dT/T {v_mean:.2e} +- {v_rms:.2e}, "
+          f"rho1(0.2'-1') {rho1_stars:.2e}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

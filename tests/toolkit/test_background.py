@@ -1,0 +1,111 @@
+"""Background: sep/SExtractor agreement on the real NTT image, and truth on simulations."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sep
+from astropy.io import fits
+from astropy.utils.exceptions import AstropyUserWarning
+
+from stacklab.toolkit import (
+    BackgroundConfig,
+    Exposure,
+    estimate_background,
+    subtract_background,
+)
+from stacklab.toolkit.simulate import SimulationConfig, make_sky, simulate_visit
+
+
+@pytest.fixture(scope="module")
+def ntt(real_data: Path) -> dict[str, np.ndarray]:
+    folder = real_data / "sep"
+    if not (folder / "image.fits").is_file():
+        pytest.skip(f"{folder} lacks sep's NTT test image")
+    catalog = np.loadtxt(folder / "image.cat", comments="#")
+    planes = {}
+    for name in ("image", "back", "rms"):
+        # The 1992 ESO header has non-standard cards astropy warns about.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AstropyUserWarning)
+            with fits.open(folder / f"{name}.fits", memmap=False) as hdul:
+                planes[name] = np.asarray(hdul[0].data, dtype=np.float32)
+    return {**planes, "catalog": catalog}
+
+
+def test_single_pass_reproduces_sextractor_background(ntt: dict[str, np.ndarray]) -> None:
+    exposure = Exposure(ntt["image"], variance=np.ones_like(ntt["image"]))
+    bkg = estimate_background(exposure, BackgroundConfig(mesh_size_px=64, n_iterations=0))
+    np.testing.assert_allclose(bkg.background, ntt["back"], rtol=1e-5)
+    np.testing.assert_allclose(bkg.rms, ntt["rms"], rtol=1e-4)
+
+
+def test_sextractor_catalog_from_our_background(ntt: dict[str, np.ndarray]) -> None:
+    # sep's own test_vs_sextractor, with our background layer underneath.
+    exposure = Exposure(ntt["image"], variance=np.ones_like(ntt["image"]))
+    bkg = estimate_background(exposure, BackgroundConfig(mesh_size_px=64, n_iterations=0))
+    data = subtract_background(exposure, bkg).image
+    objects = sep.extract(data, 1.5 * bkg.global_rms, deblend_cont=1.0)
+    objects = np.sort(objects, order=["y"])
+    ref = ntt["catalog"]
+    ref = ref[np.argsort(ref[:, 2])]
+    assert len(objects) == len(ref) == 65
+    np.testing.assert_allclose(objects["x"], ref[:, 1] - 1, atol=1e-3)
+    np.testing.assert_allclose(objects["y"], ref[:, 2] - 1, atol=1e-3)
+    flux, fluxerr, flags = sep.sum_circle(data, objects["x"], objects["y"], 5.0, err=bkg.global_rms)
+    np.testing.assert_allclose(flux, ref[:, 12], rtol=1e-3)
+    np.testing.assert_allclose(fluxerr, ref[:, 13], rtol=1e-3)
+    assert int(np.sum(flags != 0)) == 4
+
+
+@pytest.fixture(scope="module")
+def sim():
+    config = SimulationConfig(size=512, seed=21, bands=("r",), star_density_arcmin2=20.0)
+    return simulate_visit(make_sky(config), config, visit=0)
+
+
+def test_background_matches_true_sky(sim) -> None:
+    bkg = estimate_background(sim.exposure, BackgroundConfig(mesh_size_px=64))
+    sigma = float(np.sqrt(np.median(sim.exposure.variance)))
+    residual = bkg.background - sim.sky
+    # The masked iterations keep the bias well below the per-pixel noise.
+    assert abs(float(np.median(residual))) < 0.03 * sigma
+    assert float(np.percentile(np.abs(residual), 95)) < 0.2 * sigma
+    assert bkg.source_mask.any()
+
+
+def test_masking_is_unbiased_on_pure_noise() -> None:
+    rng = np.random.default_rng(3)
+    image = 100.0 + rng.normal(0.0, 10.0, (512, 512))
+    bkg = estimate_background(Exposure(image, variance=np.full(image.shape, 100.0)))
+    assert abs(float(np.median(bkg.background)) - 100.0) < 0.1
+
+
+def test_subtract_returns_new_exposure(sim) -> None:
+    bkg = estimate_background(sim.exposure)
+    sub = subtract_background(sim.exposure, bkg)
+    assert sub is not sim.exposure
+    np.testing.assert_allclose(sub.image + bkg.background, sim.exposure.image, rtol=1e-6)
+    assert sub.meta["BGMEAN"] == pytest.approx(bkg.global_background, abs=1e-3)
+
+
+def test_small_image_warns_and_falls_back() -> None:
+    image = np.random.default_rng(1).normal(5.0, 1.0, (40, 50))
+    with pytest.warns(UserWarning, match="smaller than the background mesh"):
+        bkg = estimate_background(Exposure(image, variance=np.ones(image.shape)))
+    assert bkg.mesh_size_px == 40
+    assert abs(float(np.mean(bkg.background)) - 5.0) < 0.3
+
+
+def test_bad_input() -> None:
+    with pytest.raises(ValueError, match="no usable pixel"):
+        estimate_background(Exposure(np.full((64, 64), np.nan), variance=np.ones((64, 64))))
+    with pytest.raises(ValueError, match="mesh_size_px"):
+        BackgroundConfig(mesh_size_px=2)
+    with pytest.raises(ValueError, match="mask_threshold_sigma"):
+        BackgroundConfig(mask_threshold_sigma=-1.0)
+    with pytest.raises(TypeError, match="Exposure"):
+        estimate_background(np.zeros((10, 10)))  # type: ignore[arg-type]

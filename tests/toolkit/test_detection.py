@@ -1,0 +1,180 @@
+"""Detection and deblending on simulated scenes with truth."""
+
+from __future__ import annotations
+
+import galsim
+import numpy as np
+import pytest
+from scipy.spatial import cKDTree
+
+from stacklab.toolkit import (
+    DeblendConfig,
+    DetectionConfig,
+    Exposure,
+    deblend_sources,
+    detect_sources,
+    estimate_background,
+    subtract_background,
+)
+from stacklab.toolkit.simulate import SimulationConfig, make_sky, simulate_visit
+
+
+@pytest.fixture(scope="module")
+def scene():
+    config = SimulationConfig(size=768, seed=31, bands=("r",), star_density_arcmin2=20.0)
+    sim = simulate_visit(make_sky(config), config, visit=0)
+    calexp = subtract_background(sim.exposure, estimate_background(sim.exposure))
+    return sim, calexp
+
+
+def test_completeness_and_purity_against_truth(scene) -> None:
+    sim, calexp = scene
+    det = detect_sources(calexp)
+    truth = sim.truth[sim.truth["in_image"] & sim.truth["is_star"]]
+    sigma = np.asarray(truth["psf_fwhm_px"]) / 2.3548
+    snr = np.asarray(truth["flux"]) / np.sqrt(4 * np.pi * sigma**2 * np.median(calexp.variance))
+    peaks = cKDTree(np.c_[det.peaks["x"], det.peaks["y"]])
+    dist, _ = peaks.query(np.c_[truth["x"], truth["y"]])
+    alltree = cKDTree(np.c_[sim.truth["x"], sim.truth["y"]])
+    crowded = np.array(
+        [len(n) > 1 for n in alltree.query_ball_point(np.c_[truth["x"], truth["y"]], 6.0)]
+    )
+    # Isolated, unsaturated stars: blends are the deblender's business.
+    bright = (snr > 15) & ~crowded & ~np.asarray(truth["saturated"])
+    assert bright.sum() > 30
+    assert np.mean(dist[bright] < 1.5) > 0.97
+    # Every peak lies on a real object (stars or galaxies) or a saturated star's wing.
+    alltruth = cKDTree(np.c_[sim.truth["x"], sim.truth["y"]])
+    d2, _ = alltruth.query(np.c_[det.peaks["x"], det.peaks["y"]])
+    assert np.mean(d2 < 3.0) > 0.95
+
+
+def test_detected_plane_and_footprint_spans(scene) -> None:
+    _, calexp = scene
+    det = detect_sources(calexp)
+    detected = det.exposure.plane("DETECTED")
+    assert np.array_equal(detected, det.labels > 0)
+    assert not calexp.plane("DETECTED").any()  # the input is untouched
+    spans = det.spans(1)
+    n = sum(int(x1 - x0) for _, x0, x1 in spans)
+    assert n == int(det.footprints["n_pixels"][0])
+    # Growing makes footprints larger than the above-threshold area.
+    small = detect_sources(calexp, DetectionConfig(grow_psf_sigma=0.0))
+    assert (small.labels > 0).sum() < (det.labels > 0).sum()
+
+
+def test_narrow_peak_map_splits_close_pairs() -> None:
+    # Two equal stars 1.2 FWHM apart: one maximum after PSF smoothing, two after
+    # the narrower peak smoothing.
+    image = galsim.ImageD(64, 64, scale=1.0)
+    for x in (28.0, 33.0):
+        galsim.Gaussian(fwhm=4.0).withFlux(5e4).drawImage(
+            image, center=(x + 1, 33.0), add_to_image=True
+        )
+    pixels = image.array + np.random.default_rng(0).normal(0.0, 2.0, image.array.shape)
+    exposure = Exposure(pixels, variance=np.full(pixels.shape, 4.0))
+    psf = galsim.Gaussian(fwhm=4.0).drawImage(nx=25, ny=25, scale=1.0).array
+    from stacklab.toolkit import PsfModel
+
+    exposure = exposure.replace(psf=PsfModel(psf[None] / psf.sum()))
+    assert len(detect_sources(exposure).peaks) == 1
+    split = detect_sources(exposure, DetectionConfig(peak_smoothing_fraction=0.4))
+    assert len(split.peaks) == 2
+    np.testing.assert_allclose(np.sort(split.peaks["x"]), [28, 33], atol=1)
+
+
+def test_noise_only_gives_almost_nothing() -> None:
+    rng = np.random.default_rng(5)
+    image = rng.normal(0.0, 3.0, (512, 512))
+    det = detect_sources(Exposure(image, variance=np.full(image.shape, 9.0)))
+    # 5 sigma on the smoothed image: Gaussian tail ~3e-7 per independent pixel.
+    assert len(det) <= 1
+
+
+def test_masked_pixels_never_seed() -> None:
+    image = np.zeros((64, 64))
+    image[30:33, 30:33] = 1e4
+    exposure = Exposure(image, variance=np.ones(image.shape))
+    exposure.set_plane("BAD", image > 0)
+    assert len(detect_sources(exposure)) == 0
+    exposure2 = Exposure(image, variance=np.ones(image.shape))
+    exposure2.set_plane("NO_DATA", image > 0)
+    assert len(detect_sources(exposure2)) == 0
+    negative = detect_sources(
+        Exposure(-image, variance=np.ones(image.shape)), DetectionConfig(polarity="both")
+    )
+    assert negative.exposure.plane("DETECTED_NEGATIVE").any()
+    assert len(negative) == 0
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="threshold_sigma"):
+        DetectionConfig(threshold_sigma=-1.5)
+    with pytest.raises(ValueError, match="polarity"):
+        DetectionConfig(polarity="negative")
+    with pytest.raises(ValueError, match="peak_smoothing_fraction"):
+        DetectionConfig(peak_smoothing_fraction=0.0)
+    with pytest.raises(ValueError, match="max_children"):
+        DeblendConfig(max_children=1)
+
+
+def _pair(separation_px: float, ratio: float) -> tuple[Exposure, float, float]:
+    size = 96
+    psf = galsim.Moffat(beta=3.5, fwhm=4.0)
+    image = galsim.ImageD(size, size, scale=1.0)
+    f1, f2 = 40000.0, 40000.0 * ratio
+    c = size / 2 + 0.5
+    psf.withFlux(f1).drawImage(image, center=(c - separation_px / 2, c), add_to_image=True)
+    psf.withFlux(f2).drawImage(image, center=(c + separation_px / 2, c), add_to_image=True)
+    rng = np.random.default_rng(2)
+    pixels = image.array + rng.normal(0.0, 5.0, image.array.shape)
+    return Exposure(pixels, variance=np.full(pixels.shape, 25.0)), f1, f2
+
+
+@pytest.mark.parametrize(("separation", "ratio"), [(8.0, 1.0), (10.0, 0.3)])
+def test_deblended_children_conserve_and_recover_flux(separation: float, ratio: float) -> None:
+    exposure, f1, f2 = _pair(separation, ratio)
+    det = detect_sources(exposure)
+    blend = deblend_sources(exposure, det)
+    src = blend.sources
+    parents = src[src["n_children"] > 0]
+    assert len(parents) == 1 and parents["n_children"][0] == 2
+    children = src[src["parent"] == parents["id"][0]]
+    assert np.sum(children["flux_footprint"]) == pytest.approx(
+        parents["flux_footprint"][0], rel=1e-6
+    )
+    order = np.argsort(children["peak_x"])
+    fluxes = np.asarray(children["flux_footprint"])[order]
+    total = parents["flux_footprint"][0]
+    # Shares of the footprint flux follow the true ratio to a few percent.
+    np.testing.assert_allclose(fluxes / total, [f1 / (f1 + f2), f2 / (f1 + f2)], atol=0.03)
+    heavy = blend.heavy_footprints[int(np.flatnonzero(src["id"] == children["id"][0])[0])]
+    assert heavy.weights.max() <= 1.0 + 1e-6
+    assert heavy.flux(exposure.image) == pytest.approx(children["flux_footprint"][0], rel=1e-5)
+
+
+def test_crowded_footprint_conserves_flux() -> None:
+    # Twelve stars in a tight group: one footprint, twelve children.
+    size = 160
+    image = galsim.ImageD(size, size, scale=1.0)
+    rng = np.random.default_rng(4)
+    positions = [(40 + 9.0 * i + rng.uniform(-1, 1), 80 + 7.0 * (i % 3)) for i in range(12)]
+    for x, y in positions:
+        galsim.Gaussian(fwhm=3.5).withFlux(20000.0).drawImage(
+            image, center=(x + 1, y + 1), add_to_image=True
+        )
+    pixels = image.array + rng.normal(0.0, 5.0, image.array.shape)
+    exposure = Exposure(pixels, variance=np.full(pixels.shape, 25.0))
+    blend = deblend_sources(exposure, detect_sources(exposure))
+    src = blend.sources
+    parents = src[src["n_children"] > 0]
+    assert len(parents) == 1 and parents["n_children"][0] == 12
+    children = src[src["parent"] == parents["id"][0]]
+    assert np.sum(children["flux_footprint"]) == pytest.approx(
+        parents["flux_footprint"][0], rel=1e-6
+    )
+    # Equal stars get equal shares (to the noise and the ends of the row).
+    shares = np.asarray(children["flux_footprint"]) / parents["flux_footprint"][0]
+    np.testing.assert_allclose(shares, 1 / 12, atol=0.02)
+    # Each child's heavy footprint is cropped to where it has weight.
+    assert all(h.weights.size < 160 * 160 for h in blend.heavy_footprints[1:])

@@ -1,0 +1,136 @@
+"""PSF model: accuracy against the simulator's true PSF, persistence, fallbacks, rho statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from stacklab.toolkit import (
+    PsfConfig,
+    PsfModel,
+    deblend_sources,
+    detect_sources,
+    estimate_background,
+    fit_psf,
+    rho_statistics,
+    subtract_background,
+)
+from stacklab.toolkit.simulate import SimulationConfig, make_sky, simulate_visit
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    config = SimulationConfig(size=1024, seed=9, bands=("r",), star_density_arcmin2=60.0)
+    sim = simulate_visit(make_sky(config), config, visit=0)
+    calexp = subtract_background(sim.exposure, estimate_background(sim.exposure))
+    det = detect_sources(calexp)
+    blend = deblend_sources(calexp, det)
+    return sim, calexp, blend, det, fit_psf(calexp, blend, labels=det.labels)
+
+
+def test_model_matches_true_psf(fitted) -> None:
+    sim, _, _, _, fit = fitted
+    assert not fit.fallback
+    assert fit.stars["used"].sum() >= 50
+    true_psf = sim.exposure.psf
+    for x, y in [(200.0, 200.0), (512.0, 512.0), (800.0, 300.0), (300.0, 850.0)]:
+        truth = true_psf.moments(x, y)
+        model = fit.model.moments(x, y)
+        assert pytest.approx(truth.T, rel=0.01) == model.T
+        assert model.e1 == pytest.approx(truth.e1, abs=0.006)
+        assert model.e2 == pytest.approx(truth.e2, abs=0.006)
+        stamp = fit.model.compute_image(x, y)
+        assert stamp.sum() == pytest.approx(1.0)
+        assert stamp.shape[0] % 2 == 1
+        # Centred on the middle pixel: the core's first moments vanish.
+        c = stamp.shape[0] // 2
+        core = stamp[c - 5 : c + 6, c - 5 : c + 6]
+        yy, xx = np.indices(core.shape) - 5
+        assert abs(float(np.sum(core * xx) / core.sum())) < 0.03
+        assert abs(float(np.sum(core * yy) / core.sum())) < 0.03
+
+
+def test_validation_on_reserved_stars(fitted) -> None:
+    _, _, _, _, fit = fitted
+    stars = fit.stars
+    n_reserved = int(stars["reserved"].sum())
+    assert n_reserved == pytest.approx(0.2 * len(stars), abs=1)
+    assert not np.any(stars["reserved"] & stars["used"])
+    v = fit.validation
+    assert v.n_reserved > 10
+    # Moments of single noisy stars scatter by a few percent; the mean stays small.
+    assert abs(v.size_residual_mean) < 3 * v.size_residual_rms / np.sqrt(v.n_reserved) + 0.005
+    assert (v.rho is not None) == (v.n_reserved >= 20)
+
+
+def test_hdu_round_trip(fitted, tmp_path) -> None:
+    _, _, _, _, fit = fitted
+    path = tmp_path / "psf.fits"
+    fits.HDUList([fits.PrimaryHDU(), fit.model.to_hdu()]).writeto(path)
+    with fits.open(path) as hdul:
+        back = PsfModel.from_hdu(hdul[1])
+    np.testing.assert_allclose(
+        back.compute_image(100.0, 700.0), fit.model.compute_image(100.0, 700.0)
+    )
+
+
+def test_draw_is_shifted_compute_image(fitted) -> None:
+    _, _, _, _, fit = fitted
+    centred = fit.model.draw(300.0, 300.0)
+    np.testing.assert_allclose(centred, fit.model.compute_image(300.0, 300.0), atol=1e-12)
+    shifted = fit.model.draw(300.3, 299.8)
+    c = shifted.shape[0] // 2
+    core, core0 = shifted[c - 6 : c + 7, c - 6 : c + 7], centred[c - 6 : c + 7, c - 6 : c + 7]
+    yy, xx = np.indices(core.shape) - 6
+
+    def first(stamp, axis):
+        return float(np.sum(stamp * axis) / stamp.sum())
+
+    assert first(core, xx) - first(core0, xx) == pytest.approx(0.3, abs=0.06)
+    assert first(core, yy) - first(core0, yy) == pytest.approx(-0.2, abs=0.06)
+
+
+def test_too_few_stars_lowers_order(fitted) -> None:
+    _, calexp, blend, det, _ = fitted
+    with pytest.warns(UserWarning, match="too few for spatial_order"):
+        fit = fit_psf(calexp, blend, PsfConfig(spatial_order=4, max_stars=30), labels=det.labels)
+    assert fit.model.spatial_order < 4
+
+
+def test_no_stars_falls_back_with_warning() -> None:
+    rng = np.random.default_rng(0)
+    from stacklab.toolkit import Exposure
+
+    exposure = Exposure(rng.normal(0, 1, (256, 256)), variance=np.ones((256, 256)))
+    blend = deblend_sources(exposure, detect_sources(exposure))
+    with pytest.warns(UserWarning, match="falling back to a Gaussian"):
+        fit = fit_psf(exposure, blend, PsfConfig(fallback_fwhm_px=4.0))
+    assert fit.fallback
+    assert fit.model.fwhm_px(10.0, 10.0) == pytest.approx(4.0, rel=0.05)
+
+
+def test_rho_statistics_of_a_perfect_model_vanish() -> None:
+    rng = np.random.default_rng(1)
+    x, y = rng.uniform(0, 4000, (2, 300))
+    T = np.full(300, 6.0)
+    e1, e2 = rng.normal(0, 0.02, (2, 300))
+    rho = rho_statistics(x, y, star_T=T, star_e1=e1, star_e2=e2, model_T=T, model_e1=e1,
+                         model_e2=e2)  # fmt: skip
+    np.testing.assert_allclose(rho.rho1, 0.0, atol=1e-15)
+    # A constant ellipticity error de gives rho1 = |de|^2 (shear-type) at every scale.
+    rho = rho_statistics(x, y, star_T=T, star_e1=e1 + 0.01, star_e2=e2, model_T=T,
+                         model_e1=e1, model_e2=e2)  # fmt: skip
+    assert rho.mean("rho1", 0.2, 10.0) == pytest.approx(0.005**2, rel=0.05)
+    with pytest.raises(ValueError, match="equal length"):
+        rho_statistics(x, y[:10], star_T=T, star_e1=e1, star_e2=e2, model_T=T, model_e1=e1,
+                       model_e2=e2)  # fmt: skip
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="spatial_order"):
+        PsfConfig(spatial_order=-1)
+    with pytest.raises(ValueError, match="stamp_size"):
+        PsfConfig(stamp_size=20)
+    with pytest.raises(ValueError, match="reserve_fraction"):
+        PsfConfig(reserve_fraction=1.0)

@@ -1,0 +1,694 @@
+"""PSF modelling in the spirit of PSFEx: a pixel-basis model whose pixels vary over the detector.
+
+Model. The PSF at detector position ``(x, y)`` is a stamp of ``N x N`` pixel values
+``P_p(x, y) = sum_k c_pk t_k(u, v)``, where ``t_k`` are the monomials ``u^i v^j``
+(``i + j <= spatial_order``) of the scaled position ``u = (x - x_c)/s``,
+``v = (y - y_c)/s``. The stamp is the pixelized PSF centred on the centre of its
+middle pixel; it is normalised to unit sum when evaluated.
+
+Fit. PSF stars are chosen automatically: isolated (undeblended) sources with
+peak S/N above ``min_snr``, no saturated, cosmic-ray, interpolated, bad or edge
+pixel in their stamp, lying on the stellar locus of the size-flux diagram
+(the densest narrow band of adaptive-moment size ``T``). A fraction
+``reserve_fraction`` of them is set aside for validation. Each star is
+re-centred on its adaptive-moment centroid by a Fourier phase shift (sinc
+interpolation, exact for a well-sampled PSF), divided by its flux, and every
+model pixel's polynomial is fitted by weighted least squares to all stars at
+once (weights ``flux² / variance``). Fluxes are re-fitted with the model and
+stars whose reduced chi² is an outlier are rejected; this repeats
+``n_iterations`` times.
+
+Validation. At the reserved stars, adaptive moments (GalSim HSM) of the star
+and of the model drawn at the same sub-pixel position give ``dT/T`` and
+``de1, de2``; rho statistics 1-5 (:mod:`.rho_statistics`) are their correlation
+functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import galsim
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+from numpy.typing import NDArray
+
+from ._stamps import cutout, fft_shift, good_size, inside_fraction
+from .deblend import Deblended
+from .errors import ToolkitError
+from .exposure import Exposure
+from .rho_statistics import RhoStatistics, rho_statistics
+
+__all__ = [
+    "PsfConfig",
+    "PsfFit",
+    "PsfModel",
+    "PsfShape",
+    "PsfValidation",
+    "fit_psf",
+]
+
+log = logging.getLogger(__name__)
+
+_FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+# A child's pixel enters its PSF stamp only if the deblender gave it this share or more.
+_CHILD_MIN_WEIGHT = 0.98
+# ... and a child is a PSF candidate only if it holds this share of its parent's flux.
+_CHILD_MIN_FLUX_SHARE = 0.5
+# Fewest stars for any fitted model (order 0); below it the Gaussian fallback is used.
+_MIN_STARS = 2
+_STAR_REJECT_PLANES = ("SAT", "CR", "INTRP", "BAD", "NO_DATA", "EDGE", "SUSPECT", "STREAK")
+
+
+class PsfShape(NamedTuple):
+    """Adaptive second moments of a PSF: size ``T = Ixx + Iyy`` (px²) and distortion e1, e2."""
+
+    T: float
+    e1: float
+    e2: float
+
+
+def _terms(u: NDArray[np.float64], v: NDArray[np.float64], order: int) -> NDArray[np.float64]:
+    return np.stack([u**i * v**j for i in range(order + 1) for j in range(order + 1 - i)], axis=-1)
+
+
+def _n_terms(order: int) -> int:
+    return (order + 1) * (order + 2) // 2
+
+
+@dataclass(frozen=True, eq=False)
+class PsfModel:
+    """A pixel-basis PSF whose pixels are polynomials of the detector position.
+
+    Parameters
+    ----------
+    coefficients : numpy.ndarray, shape (n_terms, N, N)
+        Coefficient of each polynomial term for each stamp pixel.
+    spatial_order : int
+        Order of the polynomial in ``u, v``.
+    x_center, y_center, scale : float
+        ``u = (x - x_center) / scale``, ``v = (y - y_center) / scale`` (pixels).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> yy, xx = np.mgrid[-7:8, -7:8]
+    >>> stamp = np.exp(-(xx**2 + yy**2) / 8.0)
+    >>> model = PsfModel(stamp[None] / stamp.sum(), spatial_order=0)
+    >>> round(float(model.compute_image(10.0, 20.0).sum()), 6)
+    1.0
+    """
+
+    coefficients: NDArray[np.float64]
+    spatial_order: int = 0
+    x_center: float = 0.0
+    y_center: float = 0.0
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        coeffs = np.asarray(self.coefficients, dtype=np.float64)
+        if coeffs.ndim != 3 or coeffs.shape[1] != coeffs.shape[2] or coeffs.shape[1] % 2 == 0:
+            msg = f"coefficients must have shape (n_terms, N, N) with N odd, got {coeffs.shape}"
+            raise ValueError(msg)
+        if coeffs.shape[0] != _n_terms(self.spatial_order):
+            msg = (
+                f"spatial_order {self.spatial_order} needs {_n_terms(self.spatial_order)} terms, "
+                f"coefficients have {coeffs.shape[0]}"
+            )
+            raise ValueError(msg)
+        if not self.scale > 0:
+            msg = f"scale must be > 0 pixels, got {self.scale!r}"
+            raise ValueError(msg)
+        object.__setattr__(self, "coefficients", coeffs)
+
+    @property
+    def stamp_size(self) -> int:
+        """Width of the model stamp (pixels, odd)."""
+        return int(self.coefficients.shape[1])
+
+    def compute_image(self, x: float, y: float) -> NDArray[np.float64]:
+        """Return the PSF at ``(x, y)`` centred on the middle pixel's centre, summing to 1.
+
+        Parameters
+        ----------
+        x, y : float
+            Detector position (pixels, 0-based).
+        """
+        t = _terms(
+            np.asarray((x - self.x_center) / self.scale),
+            np.asarray((y - self.y_center) / self.scale),
+            self.spatial_order,
+        )
+        stamp = np.tensordot(t, self.coefficients, axes=1)
+        total = stamp.sum()
+        return np.asarray(stamp / total if total != 0 else stamp)
+
+    def draw(self, x: float, y: float) -> NDArray[np.float64]:
+        """Return the PSF centred exactly at ``(x, y)``, summing to 1.
+
+        The stamp's middle pixel is ``(round(x), round(y))``; the sub-pixel shift is
+        a Fourier phase ramp.
+        """
+        stamp = self.compute_image(x, y)
+        dx, dy = x - np.floor(x + 0.5), y - np.floor(y + 0.5)
+        pad = (good_size(stamp.shape[0] + 6) - stamp.shape[0]) // 2
+        shifted = fft_shift(np.pad(stamp, pad), dx, dy)[pad:-pad, pad:-pad]
+        return np.asarray(shifted / shifted.sum())
+
+    def moments(self, x: float, y: float) -> PsfShape:
+        """Return adaptive moments (GalSim HSM) of the model at ``(x, y)``.
+
+        Raises
+        ------
+        ToolkitError
+            If HSM does not converge on the model stamp.
+        """
+        shape = _hsm(np.pad(self.compute_image(x, y), self.stamp_size // 2))
+        if shape is None:
+            msg = f"adaptive moments of the PSF model failed at ({x}, {y})"
+            raise ToolkitError(msg)
+        return PsfShape(*shape[:3])
+
+    def fwhm_px(self, x: float, y: float) -> float:
+        """Gaussian-equivalent FWHM of the model at ``(x, y)`` (pixels), from its moments.
+
+        Falls back to unweighted second moments when adaptive moments fail.
+        """
+        try:
+            T = self.moments(x, y).T
+        except ToolkitError:
+            stamp = self.compute_image(x, y)
+            yy, xx = np.indices(stamp.shape) - stamp.shape[0] // 2
+            T = float(np.sum(stamp * (xx * xx + yy * yy)))
+        return float(np.sqrt(max(T, 1e-6) / 2.0) * _FWHM_PER_SIGMA)
+
+    def to_hdu(self) -> fits.ImageHDU:
+        """Return the model as an image HDU: the coefficient cube, scaling in the header."""
+        hdu = fits.ImageHDU(self.coefficients.astype(np.float64), name="PSF")
+        hdu.header["PSFORDER"] = (self.spatial_order, "polynomial order over the detector")
+        hdu.header["PSFXC"] = (self.x_center, "u = (x - PSFXC) / PSFSCALE")
+        hdu.header["PSFYC"] = (self.y_center, "v = (y - PSFYC) / PSFSCALE")
+        hdu.header["PSFSCALE"] = (self.scale, "pixels")
+        return hdu
+
+    @classmethod
+    def from_hdu(cls, hdu: fits.ImageHDU) -> PsfModel:
+        """Inverse of :meth:`to_hdu`."""
+        header = hdu.header
+        return cls(
+            np.asarray(hdu.data, dtype=np.float64),
+            spatial_order=int(header["PSFORDER"]),
+            x_center=float(header["PSFXC"]),
+            y_center=float(header["PSFYC"]),
+            scale=float(header["PSFSCALE"]),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PsfConfig:
+    """Settings of :func:`fit_psf`.
+
+    Attributes
+    ----------
+    spatial_order : int
+        Polynomial order of the variation over the detector.
+    stamp_size : int or None
+        Model stamp width (odd pixels); by default about 8 FWHM, between 15 and 51.
+    min_snr : float
+        Smallest peak significance of a PSF star (noise units).
+    max_peak_fraction : float
+        Reject stars whose brightest pixel exceeds this fraction of the
+        ``SATURATE`` level in the metadata (avoids the non-linear regime).
+    size_tolerance : float
+        Stars lie within this fractional distance in ``T`` of the stellar locus.
+    reserve_fraction : float
+        Fraction of PSF stars kept out of the fit for validation.
+    max_stars : int
+        Use at most this many stars (the brightest) in the fit.
+    n_iterations : int
+        Fit / re-flux / reject rounds.
+    reject_sigma : float
+        Stars whose reduced chi² exceeds the median by this many robust sigmas
+        are rejected.
+    min_stars_per_term : int
+        Fitted stars needed per polynomial term; the order is lowered (with a
+        warning) when there are too few.
+    fallback_fwhm_px : float
+        FWHM of the Gaussian used when there are too few PSF stars for any model.
+    compute_rho : bool
+        Compute rho statistics on the reserved stars (needs >= 20 of them).
+    seed : int
+        Seed of the random choice of reserved stars.
+    """
+
+    spatial_order: int = 2
+    stamp_size: int | None = None
+    min_snr: float = 50.0
+    max_peak_fraction: float = 0.8
+    size_tolerance: float = 0.12
+    reserve_fraction: float = 0.2
+    max_stars: int = 1000
+    n_iterations: int = 3
+    reject_sigma: float = 4.0
+    min_stars_per_term: int = 3
+    fallback_fwhm_px: float = 3.0
+    compute_rho: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.spatial_order, int) or not 0 <= self.spatial_order <= 6:
+            msg = f"spatial_order must be an integer in 0..6, got {self.spatial_order!r}"
+            raise ValueError(msg)
+        if self.stamp_size is not None and (
+            not isinstance(self.stamp_size, int) or self.stamp_size < 7 or self.stamp_size % 2 == 0
+        ):
+            msg = f"stamp_size must be None or an odd integer >= 7, got {self.stamp_size!r}"
+            raise ValueError(msg)
+        for name in ("min_snr", "size_tolerance", "reject_sigma", "fallback_fwhm_px"):
+            if not getattr(self, name) > 0:
+                msg = f"{name} must be > 0, got {getattr(self, name)!r}"
+                raise ValueError(msg)
+        if not 0 < self.max_peak_fraction <= 1:
+            msg = f"max_peak_fraction must be in (0, 1], got {self.max_peak_fraction!r}"
+            raise ValueError(msg)
+        if not 0 <= self.reserve_fraction < 1:
+            msg = f"reserve_fraction must be in [0, 1), got {self.reserve_fraction!r}"
+            raise ValueError(msg)
+        for name in ("max_stars", "n_iterations", "min_stars_per_term"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                msg = f"{name} must be an integer >= 1, got {value!r}"
+                raise ValueError(msg)
+
+
+@dataclass(frozen=True)
+class PsfValidation:
+    """Model-versus-star residuals at the reserved stars.
+
+    Attributes
+    ----------
+    n_reserved : int
+        Reserved stars with valid moments.
+    size_residual_mean, size_residual_rms : float
+        Mean and rms of ``(T_star - T_model) / T_star``.
+    de1_rms, de2_rms : float
+        Rms of the distortion residuals ``e_star - e_model``.
+    rho : RhoStatistics or None
+        Rho statistics (None with fewer than 20 reserved stars).
+    """
+
+    n_reserved: int
+    size_residual_mean: float
+    size_residual_rms: float
+    de1_rms: float
+    de2_rms: float
+    rho: RhoStatistics | None
+
+
+@dataclass(frozen=True, eq=False)
+class PsfFit:
+    """Result of :func:`fit_psf`.
+
+    Attributes
+    ----------
+    model : PsfModel
+        The fitted model.
+    stars : astropy.table.Table
+        PSF candidates on the stellar locus: ``id``, ``x``, ``y`` (adaptive
+        centroid, px), ``flux`` (ADU), ``T``, ``e1``, ``e2`` (star moments),
+        ``model_T``, ``model_e1``, ``model_e2`` (model at the star), ``chi2``
+        (reduced), ``reserved``, ``used`` (in the final fit).
+    validation : PsfValidation
+        Residuals at the reserved stars.
+    fallback : bool
+        True when there were too few stars and the model is a Gaussian of
+        ``config.fallback_fwhm_px`` (a warning was issued).
+    config : PsfConfig
+        The settings that made it.
+    """
+
+    model: PsfModel
+    stars: Table
+    validation: PsfValidation
+    fallback: bool
+    config: PsfConfig = field(default_factory=PsfConfig)
+
+
+def _hsm(
+    stamp: NDArray[np.floating], bad: NDArray[np.bool_] | None = None, guess_sigma: float = 2.0
+) -> tuple[float, float, float, float, float, float] | None:
+    """Adaptive moments: T, e1, e2, x, y (stamp frame, 0-based) and amplitude, or None."""
+    image = galsim.ImageD(np.ascontiguousarray(stamp, dtype=np.float64), scale=1.0)
+    badpix = None if bad is None else galsim.ImageI(bad.astype(np.int32), scale=1.0)
+    try:
+        result = galsim.hsm.FindAdaptiveMom(
+            image, badpix=badpix, strict=False, guess_sig=guess_sigma
+        )
+    except galsim.GalSimError:  # e.g. every pixel masked
+        return None
+    if result.moments_status != 0 or not result.moments_sigma > 0:
+        return None
+    sigma = result.moments_sigma
+    return (
+        2.0 * sigma**2,
+        result.observed_shape.e1,
+        result.observed_shape.e2,
+        result.moments_centroid.x - 1.0,
+        result.moments_centroid.y - 1.0,
+        result.moments_amp,
+    )
+
+
+def _gaussian_model(fwhm_px: float, size: int) -> PsfModel:
+    sigma = fwhm_px / _FWHM_PER_SIGMA
+    half = size // 2
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
+    # Integrate over the pixel (4x4 sub-samples) so it is a pixelized PSF.
+    sub = (np.arange(4) + 0.5) / 4.0 - 0.5
+    stamp = np.zeros((size, size))
+    for sy in sub:
+        for sx in sub:
+            stamp += np.exp(-0.5 * ((xx + sx) ** 2 + (yy + sy) ** 2) / sigma**2)
+    return PsfModel((stamp / stamp.sum())[None], spatial_order=0)
+
+
+def fit_psf(
+    exposure: Exposure,
+    sources: Deblended,
+    config: PsfConfig | None = None,
+    *,
+    labels: NDArray[np.integer] | None = None,
+) -> PsfFit:
+    """Select PSF stars, fit a spatially varying pixel-basis model and validate it.
+
+    Parameters
+    ----------
+    exposure : Exposure
+        Background-subtracted exposure (ADU) with its variance and mask planes
+        (cosmic rays already flagged).
+    sources : Deblended
+        Sources from :func:`~stacklab.toolkit.deblend_sources`; only isolated
+        ones can be PSF stars.
+    config : PsfConfig, optional
+        Settings; defaults when omitted.
+    labels : numpy.ndarray, optional
+        Footprint label image (:attr:`Detections.labels`); pixels of other
+        footprints are left out of each star's stamp.
+
+    Returns
+    -------
+    PsfFit
+
+    Warns
+    -----
+    UserWarning
+        When there are too few PSF stars for ``spatial_order`` (the order is
+        lowered) or for any model (a Gaussian fallback is returned).
+
+    Examples
+    --------
+    >>> from stacklab.toolkit.simulate import SimulationConfig, make_sky, simulate_visit
+    >>> from stacklab.toolkit import process_frame
+    >>> sim_config = SimulationConfig(size=512, star_density_arcmin2=60.0, seed=4)
+    >>> sim = simulate_visit(make_sky(sim_config), sim_config, visit=0)
+    >>> result = process_frame(sim.exposure)
+    >>> result.psf_fit.fallback
+    False
+    """
+    config = PsfConfig() if config is None else config
+    ny, nx = exposure.shape
+    image = np.nan_to_num(exposure.image).astype(np.float64)
+    variance = exposure.variance.astype(np.float64)
+    reject_planes = [p for p in _STAR_REJECT_PLANES if p in exposure.mask_planes]
+    reject_bits = exposure.mask_planes.bitmask(*reject_planes)
+    saturate = float(exposure.meta.get("SATURATE", np.inf) or np.inf)
+
+    src = sources.sources
+    # Isolated sources and deblended children (their siblings' pixels are left out).
+    single = (src["n_children"] == 0) & ~src["deblend_skipped"]
+    # A child is a candidate only if it dominates its blend: a star on a bright
+    # galaxy inherits part of the galaxy's symmetric light.
+    parent_flux = np.zeros(len(src))
+    parent_rows = np.searchsorted(src["id"], src["parent"])
+    is_child = np.asarray(src["parent"]) > 0
+    parent_flux[is_child] = np.asarray(src["flux_footprint"])[parent_rows[is_child]]
+    own = np.asarray(src["flux_footprint"])
+    single &= ~is_child | (own >= _CHILD_MIN_FLUX_SHARE * parent_flux)
+    bright = np.asarray(src["peak_significance"]) >= config.min_snr
+    cand = np.flatnonzero(single & bright)
+    cand = cand[np.argsort(-np.asarray(src["peak_significance"])[cand])]
+    # First pass: moments of candidates in a generous stamp to find the locus.
+    guess_half = 12
+    rows = []
+    for i in cand[: 4 * config.max_stars]:
+        ix, iy = int(src["peak_x"][i]), int(src["peak_y"][i])
+        if not inside_fraction((ny, nx), ix, iy, guess_half):
+            continue
+        stamp = cutout(image, ix, iy, guess_half)
+        if np.any(cutout(exposure.mask, ix, iy, guess_half) & reject_bits):
+            continue
+        if stamp.max() > config.max_peak_fraction * saturate:
+            continue
+        bad = _neighbours(labels, ix, iy, guess_half, int(src["footprint"][i]))
+        bad |= _siblings(sources, i, ix, iy, guess_half)
+        shape = _hsm(stamp, bad)
+        if shape is None:
+            continue
+        T, e1, e2, cx, cy, _ = shape
+        rows.append((int(src["id"][i]), ix - guess_half + cx, iy - guess_half + cy, T, e1, e2, i))
+    stamp_size = config.stamp_size
+    if len(rows) < _MIN_STARS:
+        return _fallback(config, f"only {len(rows)} PSF star candidates", stamp_size)
+    T_all = np.array([r[3] for r in rows])
+    T_locus = _locus(T_all, config.size_tolerance)
+    on_locus = np.abs(T_all / T_locus - 1.0) <= config.size_tolerance
+    rows = [r for r, keep in zip(rows, on_locus, strict=True) if keep][: config.max_stars]
+    fwhm = np.sqrt(T_locus / 2.0) * _FWHM_PER_SIGMA
+    if stamp_size is None:
+        stamp_size = int(np.clip(2 * int(np.ceil(4.0 * fwhm)) + 1, 15, 51))
+    if len(rows) < _MIN_STARS:
+        return _fallback(config, f"only {len(rows)} stars on the stellar locus", stamp_size, fwhm)
+    half = stamp_size // 2
+    pad = 3
+    # Cut stamps, re-centre on the adaptive centroid and measure flux.
+    ids, xs, ys, data, weights, raw, raw_var, raw_bad = [], [], [], [], [], [], [], []
+    for star_id, x, y, _T, _e1, _e2, i in rows:
+        ix, iy = int(np.floor(x + 0.5)), int(np.floor(y + 0.5))
+        if not inside_fraction((ny, nx), ix, iy, half + pad):
+            continue
+        big = cutout(image, ix, iy, half + pad)
+        bad = _neighbours(labels, ix, iy, half + pad, int(src["footprint"][i]))
+        bad |= _siblings(sources, i, ix, iy, half + pad)
+        bad = bad | ((cutout(exposure.mask, ix, iy, half + pad) & reject_bits) != 0)
+        var = cutout(variance, ix, iy, half + pad)
+        shifted = fft_shift(np.where(bad, 0.0, big), -(x - ix), -(y - iy))
+        crop = slice(pad, pad + stamp_size)
+        bad_c = bad[crop, crop]
+        bad_c = bad_c | np.roll(bad_c, 1, 0) | np.roll(bad_c, -1, 0)
+        bad_c = bad_c | np.roll(bad_c, 1, 1) | np.roll(bad_c, -1, 1)
+        ids.append(star_id)
+        xs.append(x)
+        ys.append(y)
+        data.append(shifted[crop, crop])
+        weights.append(np.where(bad_c | ~(var[crop, crop] > 0), 0.0, 1.0 / var[crop, crop]))
+        raw.append(big[crop, crop])
+        raw_var.append(var[crop, crop])
+        raw_bad.append(bad[crop, crop])
+    n = len(ids)
+    if n < _MIN_STARS:
+        return _fallback(config, f"only {n} PSF stars away from the edges", stamp_size, fwhm)
+    x_arr, y_arr = np.array(xs), np.array(ys)
+    d = np.array(data)
+    inv_var = np.array(weights)
+    rng = np.random.default_rng(config.seed)
+    reserved = np.zeros(n, dtype=bool)
+    n_reserve = round(config.reserve_fraction * n)
+    if n - n_reserve >= 3:
+        reserved[rng.choice(n, size=n_reserve, replace=False)] = True
+    order = config.spatial_order
+    n_fit = int((~reserved).sum())
+    while order > 0 and n_fit < config.min_stars_per_term * _n_terms(order):
+        order -= 1
+    if order < config.spatial_order:
+        warnings.warn(
+            f"only {n_fit} PSF stars: too few for spatial_order={config.spatial_order} "
+            f"(needs {config.min_stars_per_term * _n_terms(config.spatial_order)}); "
+            f"fitting order {order} instead",
+            UserWarning,
+            stacklevel=2,
+        )
+    x_c, y_c, scale = (nx - 1) / 2.0, (ny - 1) / 2.0, max(nx, ny) / 2.0
+    terms = _terms((x_arr - x_c) / scale, (y_arr - y_c) / scale, order)
+    flux = np.array([s[w > 0].sum() for s, w in zip(d, inv_var, strict=True)])
+    flux = np.where(flux > 0, flux, np.nan)
+    used = ~reserved & np.isfinite(flux)
+    chi2 = np.full(n, np.nan)
+    coeffs = np.zeros((terms.shape[1], stamp_size, stamp_size))
+    for iteration in range(config.n_iterations + 1):
+        coeffs = _fit_pixels(d[used], inv_var[used], flux[used], terms[used])
+        model = np.einsum("sk,kyx->syx", terms, coeffs)
+        model /= model.sum(axis=(1, 2), keepdims=True)
+        num = np.sum(inv_var * d * model, axis=(1, 2))
+        den = np.sum(inv_var * model * model, axis=(1, 2))
+        flux = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+        resid = inv_var * (d - flux[:, None, None] * model) ** 2
+        dof = np.maximum(np.sum(inv_var > 0, axis=(1, 2)) - 1, 1)
+        chi2 = resid.sum(axis=(1, 2)) / dof
+        if iteration == config.n_iterations:
+            break
+        med = float(np.nanmedian(chi2[used]))
+        mad = 1.4826 * float(np.nanmedian(np.abs(chi2[used] - med)))
+        outlier = chi2 > med + config.reject_sigma * max(mad, 1e-3 * med)
+        new_used = ~reserved & np.isfinite(flux) & (flux > 0) & ~outlier
+        if new_used.sum() < config.min_stars_per_term * terms.shape[1]:
+            break
+        if np.array_equal(new_used, used) and iteration > 0:
+            break
+        used = new_used
+    psf_model = PsfModel(coeffs, spatial_order=order, x_center=x_c, y_center=y_c, scale=scale)
+    star_T, star_e1, star_e2 = (np.full(n, np.nan) for _ in range(3))
+    mod_T, mod_e1, mod_e2 = (np.full(n, np.nan) for _ in range(3))
+    for k in range(n):
+        s = _hsm(raw[k], raw_bad[k], guess_sigma=fwhm / _FWHM_PER_SIGMA)
+        m = _hsm(psf_model.draw(x_arr[k], y_arr[k]), None, guess_sigma=fwhm / _FWHM_PER_SIGMA)
+        if s is not None and m is not None:
+            star_T[k], star_e1[k], star_e2[k] = s[:3]
+            mod_T[k], mod_e1[k], mod_e2[k] = m[:3]
+    stars = Table(
+        {
+            "id": np.array(ids, dtype=np.int64),
+            "x": x_arr,
+            "y": y_arr,
+            "flux": flux,
+            "T": star_T,
+            "e1": star_e1,
+            "e2": star_e2,
+            "model_T": mod_T,
+            "model_e1": mod_e1,
+            "model_e2": mod_e2,
+            "chi2": chi2,
+            "reserved": reserved,
+            "used": used,
+        }
+    )
+    stars["flux"].unit = "adu"
+    validation = _validate(stars, exposure, config)
+    log.info(
+        "PSF model order %d from %d stars (%d reserved): dT/T = %.2e +- %.2e",
+        order, int(used.sum()), int(reserved.sum()), validation.size_residual_mean,
+        validation.size_residual_rms,
+    )  # fmt: skip
+    return PsfFit(
+        model=psf_model, stars=stars, validation=validation, fallback=False, config=config
+    )
+
+
+def _neighbours(
+    labels: NDArray[np.integer] | None, ix: int, iy: int, half: int, own: int
+) -> NDArray[np.bool_]:
+    size = 2 * half + 1
+    if labels is None:
+        return np.zeros((size, size), dtype=bool)
+    stamp = cutout(labels, ix, iy, half)
+    return np.asarray((stamp != 0) & (stamp != own))
+
+
+def _siblings(sources: Deblended, index: int, ix: int, iy: int, half: int) -> NDArray[np.bool_]:
+    # Pixels of a child's stamp that mostly belong to its siblings.
+    size = 2 * half + 1
+    if int(sources.sources["parent"][index]) == 0:
+        return np.zeros((size, size), dtype=bool)
+    heavy = sources.heavy_footprints[index]
+    parent_row = int(np.searchsorted(sources.sources["id"], sources.sources["parent"][index]))
+    parent = sources.heavy_footprints[parent_row]
+    box = (ix - half, iy - half, (size, size))
+    return np.asarray((parent.weights_on(*box) > 0) & (heavy.weights_on(*box) < _CHILD_MIN_WEIGHT))
+
+
+def _locus(T: NDArray[np.float64], tolerance: float) -> float:
+    # The stellar locus is the densest narrow band in log T (galaxies spread widely).
+    logT = np.sort(np.log(T))
+    width = np.log1p(tolerance)
+    counts = np.searchsorted(logT, logT + width, side="right") - np.arange(len(logT))
+    best = int(np.argmax(counts))
+    members = logT[best : best + counts[best]]
+    return float(np.exp(np.median(members)))
+
+
+def _fit_pixels(
+    data: NDArray[np.float64],
+    inv_var: NDArray[np.float64],
+    flux: NDArray[np.float64],
+    terms: NDArray[np.float64],
+) -> NDArray[np.float64]:
+    # Per pixel p: minimise sum_s w_sp (d_sp / f_s - sum_k c_pk t_sk)^2 with w = f^2 / var.
+    w = inv_var * flux[:, None, None] ** 2
+    y = data / flux[:, None, None]
+    normal = np.einsum("syx,sk,sl->yxkl", w, terms, terms)
+    rhs = np.einsum("syx,syx,sk->yxk", w, y, terms)
+    ridge = 1e-12 * np.trace(normal, axis1=2, axis2=3)[..., None, None] * np.eye(terms.shape[1])
+    coeffs = np.linalg.solve(normal + ridge + 1e-300, rhs[..., None])[..., 0]
+    return np.moveaxis(coeffs, -1, 0)
+
+
+def _validate(stars: Table, exposure: Exposure, config: PsfConfig) -> PsfValidation:
+    res = stars[stars["reserved"] & np.isfinite(stars["T"]) & np.isfinite(stars["model_T"])]
+    if len(res) == 0:
+        return PsfValidation(0, np.nan, np.nan, np.nan, np.nan, None)
+    dT = (res["T"] - res["model_T"]) / res["T"]
+    de1 = res["e1"] - res["model_e1"]
+    de2 = res["e2"] - res["model_e2"]
+    rho = None
+    if config.compute_rho and len(res) >= 20:
+        rho = rho_statistics(
+            np.asarray(res["x"]), np.asarray(res["y"]),
+            star_T=np.asarray(res["T"]), star_e1=np.asarray(res["e1"]),
+            star_e2=np.asarray(res["e2"]), model_T=np.asarray(res["model_T"]),
+            model_e1=np.asarray(res["model_e1"]), model_e2=np.asarray(res["model_e2"]),
+            pixel_scale_arcsec=_pixel_scale(exposure),
+        )  # fmt: skip
+    return PsfValidation(
+        n_reserved=len(res),
+        size_residual_mean=float(np.mean(dT)),
+        size_residual_rms=float(np.sqrt(np.mean(dT**2))),
+        de1_rms=float(np.sqrt(np.mean(de1**2))),
+        de2_rms=float(np.sqrt(np.mean(de2**2))),
+        rho=rho,
+    )
+
+
+def _pixel_scale(exposure: Exposure) -> float:
+    if exposure.wcs is not None and exposure.wcs.has_celestial:
+        scales = exposure.wcs.celestial.proj_plane_pixel_scales()
+        return float(np.sqrt(abs(scales[0].to_value("arcsec") * scales[1].to_value("arcsec"))))
+    return 1.0
+
+
+def _fallback(
+    config: PsfConfig, reason: str, stamp_size: int | None, fwhm: float | None = None
+) -> PsfFit:
+    fwhm_px = config.fallback_fwhm_px if fwhm is None else float(fwhm)
+    size = stamp_size or int(np.clip(2 * int(np.ceil(4.0 * fwhm_px)) + 1, 15, 51))
+    warnings.warn(
+        f"{reason}: cannot fit a PSF model; falling back to a Gaussian of FWHM {fwhm_px:.2f} px. "
+        "PSF fluxes and shapes are approximate (catalog flag PSF_FALLBACK); lower "
+        "PsfConfig.min_snr or supply a PSF",
+        UserWarning,
+        stacklevel=3,
+    )
+    empty = Table(
+        names=("id", "x", "y", "flux", "T", "e1", "e2", "model_T", "model_e1", "model_e2",
+               "chi2", "reserved", "used"),
+        dtype=(np.int64,) + (float,) * 10 + (bool, bool),
+    )  # fmt: skip
+    return PsfFit(
+        model=_gaussian_model(fwhm_px, size),
+        stars=empty,
+        validation=PsfValidation(0, np.nan, np.nan, np.nan, np.nan, None),
+        fallback=True,
+        config=config,
+    )
