@@ -1,0 +1,225 @@
+"""Row-chunked stacking machinery of :mod:`~stacklab.toolkit.coadd` (private).
+
+Warps live in scratch files read and written by rows; ``_combine`` applies one
+statistic to a ``(n_inputs, rows, nx)`` chunk; ``_mark_safe_clip`` and
+``_mark_compare_warp`` write the CLIPPED plane of the warps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .compare_warp import find_artifacts
+from .safe_clip import clipped_pixels, find_clip_regions
+
+if TYPE_CHECKING:
+    from .coadd import CoaddConfig
+
+__all__: list[str] = []
+
+
+class _DiskStack:
+    """Warp planes in scratch files, read and written by rows (no memory map)."""
+
+    _DTYPES: Mapping[str, Any] = MappingProxyType(
+        {"image": np.float32, "variance": np.float32, "mask": np.int32}
+    )
+
+    def __init__(self, folder: str, shape: tuple[int, int]) -> None:
+        self.folder, self.shape, self.n = Path(folder), shape, 0
+
+    def _path(self, plane: str, i: int) -> Path:
+        return self.folder / f"{plane}-{i:03d}.bin"
+
+    def append(self, image: NDArray[Any], variance: NDArray[Any], mask: NDArray[Any]) -> None:
+        for plane, data in (("image", image), ("variance", variance), ("mask", mask)):
+            np.ascontiguousarray(data, dtype=self._DTYPES[plane]).tofile(self._path(plane, self.n))
+        self.n += 1
+
+    def rows(self, plane: str, i: int, y0: int, y1: int) -> NDArray[Any]:
+        dtype = np.dtype(self._DTYPES[plane])
+        nx = self.shape[1]
+        with self._path(plane, i).open("rb") as f:
+            f.seek(y0 * nx * dtype.itemsize)
+            data = np.fromfile(f, dtype=dtype, count=(y1 - y0) * nx)
+        return data.reshape(y1 - y0, nx)
+
+    def full(self, plane: str, i: int) -> NDArray[Any]:
+        return self.rows(plane, i, 0, self.shape[0])
+
+    def write_rows(self, plane: str, i: int, y0: int, data: NDArray[Any]) -> None:
+        dtype = np.dtype(self._DTYPES[plane])
+        with self._path(plane, i).open("r+b") as f:
+            f.seek(y0 * self.shape[1] * dtype.itemsize)
+            np.ascontiguousarray(data, dtype=dtype).tofile(f)
+
+
+def _clipped_mean_of(values: NDArray[np.float64], sigma: float, iterations: int) -> float:
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return float("nan")
+    keep = values
+    centre = float(np.median(values))
+    spread = float(np.std(values))
+    for _ in range(iterations):
+        if spread == 0:
+            break
+        keep = values[np.abs(values - centre) <= sigma * spread]
+        centre, spread = float(np.mean(keep)), float(np.std(keep))
+    return float(np.mean(keep))
+
+
+def _sorted_quantile(
+    ordered: NDArray[np.float64], count: NDArray[np.int64], q: float
+) -> NDArray[np.float64]:
+    """Quantile along axis 0 of data sorted with NaN last; ``count`` finite values per pixel."""
+    position = q * np.maximum(count - 1, 0)
+    lo = np.floor(position).astype(np.int64)
+    hi = np.minimum(lo + 1, np.maximum(count - 1, 0))
+    frac = position - lo
+    low = np.take_along_axis(ordered, lo[None], axis=0)[0]
+    high = np.take_along_axis(ordered, hi[None], axis=0)[0]
+    return np.asarray(low + frac * (high - low))
+
+
+def _combine(
+    data: NDArray[np.float64],
+    var: NDArray[np.float64],
+    usable: NDArray[np.bool_],
+    weights: NDArray[np.float64],
+    statistic: str,
+    sigma_clip: float,
+    iterations: int,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
+    """Combine a (n, rows, nx) stack; return image, variance and which inputs were used."""
+    w = weights[:, None, None]
+    used = usable.copy()
+    if statistic == "clipped_mean":
+        x = np.where(usable, data, np.nan)
+        ordered = np.sort(x, axis=0)
+        count = usable.sum(axis=0)
+        centre = _sorted_quantile(ordered, count, 0.5)
+        spread = 0.7413 * (
+            _sorted_quantile(ordered, count, 0.75) - _sorted_quantile(ordered, count, 0.25)
+        )
+        for _ in range(iterations):
+            with np.errstate(invalid="ignore"):
+                inside = np.abs(x - centre) <= sigma_clip * spread
+            used = usable & (inside | (spread <= 0)[None])
+            n_used = used.sum(axis=0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                centre = np.sum(np.where(used, w * data, 0.0), axis=0) / np.sum(
+                    np.where(used, w, 0.0), axis=0
+                )
+                deviation = np.where(used, data - centre, 0.0)
+                spread = np.sqrt(np.sum(deviation**2, axis=0) / np.maximum(n_used - 1, 1))
+            spread = np.where(n_used > 1, spread, 0.0)
+    wsum = np.sum(np.where(used, w, 0.0), axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        variance = np.sum(np.where(used, w * w * var, 0.0), axis=0) / wsum**2
+        if statistic == "median":
+            ordered = np.sort(np.where(used, data, np.nan), axis=0)
+            image = _sorted_quantile(ordered, used.sum(axis=0), 0.5)
+            variance = variance * (np.pi / 2.0)
+        else:
+            image = np.sum(np.where(used, w * data, 0.0), axis=0) / wsum
+    return image, variance, used
+
+
+def _mark_safe_clip(
+    stack: _DiskStack,
+    weights: NDArray[np.float64],
+    bad_bits: int,
+    clip_bit: int,
+    det_bits: int,
+    psf_sigma: float,
+    config: CoaddConfig,
+) -> None:
+    ny, nx = stack.shape
+    diff = np.zeros((ny, nx))
+    usable_any = np.zeros((ny, nx), dtype=bool)
+    for y0 in range(0, ny, config.chunk_rows):
+        y1 = min(y0 + config.chunk_rows, ny)
+        data, var, usable = _read_chunk(stack, y0, y1, bad_bits)
+        mean, _, _ = _combine(data, var, usable, weights, "mean", 0.0, 0)
+        clipped, _, _ = _combine(
+            data, var, usable, weights, "clipped_mean",
+            config.safe_clip.sigma_clip, config.safe_clip.clip_iterations,
+        )  # fmt: skip
+        ok = usable.any(axis=0)
+        diff[y0:y1] = np.where(ok, mean - clipped, 0.0)
+        usable_any[y0:y1] = ok
+
+    def masks(i: int) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+        mask = stack.full("mask", i)
+        return (mask & det_bits) != 0, (mask & bad_bits) != 0
+
+    regions = find_clip_regions(
+        diff, usable_any, masks, stack.n, psf_sigma_px=psf_sigma, config=config.safe_clip
+    )
+    for i in range(stack.n):
+        detected, _ = masks(i)
+        clip = clipped_pixels(regions, i, detected)
+        if clip is not None:
+            mask = stack.full("mask", i)
+            mask[clip] |= np.int32(clip_bit)
+            stack.write_rows("mask", i, 0, mask)
+
+
+def _mark_compare_warp(
+    stack: _DiskStack,
+    weights: NDArray[np.float64],
+    bad_bits: int,
+    clip_bit: int,
+    psf_sigma: float,
+    config: CoaddConfig,
+) -> None:
+    ny, nx = stack.shape
+    template = np.zeros((ny, nx))
+    template_var = np.zeros((ny, nx))
+    n_good = np.zeros((ny, nx), dtype=np.int16)
+    cw = config.compare_warp
+    for y0 in range(0, ny, config.chunk_rows):
+        y1 = min(y0 + config.chunk_rows, ny)
+        data, var, usable = _read_chunk(stack, y0, y1, bad_bits)
+        value, value_var, _ = _combine(
+            data, var, usable, weights, "clipped_mean",
+            cw.template_sigma_clip, cw.template_clip_iterations,
+        )  # fmt: skip
+        ok = usable.any(axis=0)
+        template[y0:y1] = np.where(ok, value, 0.0)
+        template_var[y0:y1] = np.where(ok, value_var, 0.0)
+        n_good[y0:y1] = usable.sum(axis=0)
+
+    def warp(i: int) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
+        mask = stack.full("mask", i)
+        image = stack.full("image", i).astype(np.float64)
+        variance = stack.full("variance", i).astype(np.float64)
+        usable = ((mask & bad_bits) == 0) & np.isfinite(image) & np.isfinite(variance)
+        return image, variance, usable
+
+    clipped = find_artifacts(
+        template, template_var, n_good, warp, stack.n, psf_sigma_px=psf_sigma, config=cw
+    )
+    for i in range(stack.n):
+        clip = clipped(i)
+        if clip is not None:
+            mask = stack.full("mask", i)
+            mask[clip] |= np.int32(clip_bit)
+            stack.write_rows("mask", i, 0, mask)
+
+
+def _read_chunk(
+    stack: _DiskStack, y0: int, y1: int, bad_bits: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
+    data = np.stack([stack.rows("image", i, y0, y1) for i in range(stack.n)]).astype(np.float64)
+    var = np.stack([stack.rows("variance", i, y0, y1) for i in range(stack.n)]).astype(np.float64)
+    mask = np.stack([stack.rows("mask", i, y0, y1) for i in range(stack.n)])
+    usable = ((mask & bad_bits) == 0) & np.isfinite(data) & np.isfinite(var)
+    return data, var, usable

@@ -1,0 +1,242 @@
+"""CompareWarp artifact rejection: each warp against a static-sky template, with an epoch count.
+
+After LSST's ``CompareWarpAssembleCoaddTask`` (DMTN-080):
+
+1. a static-sky *template* is the 2.5 sigma, 3 iteration clipped mean of the warps;
+2. each warp minus the template is thresholded at ``threshold_sigma`` times its
+   empirical noise (LSST's ``doScaleWarpVariance``) (both
+   polarities, ``min_pixels``, grown by ``n_sigma_to_grow`` PSF sigmas) into
+   artifact *candidates*; candidates almost entirely on masked pixels
+   (``prefilter_ratio``) are dropped;
+3. ``epoch_count`` counts, per pixel, the warps with a candidate there, and
+   ``n_good`` the warps with data; a candidate is an artifact when more than
+   ``spatial_threshold`` of its pixels have ``0 < epoch_count <= effMax``, with
+   ``effMax = int(min(max_fraction_epochs_low * N, max_num_epochs +
+   max_fraction_epochs_high * N))`` and ``N`` the mean ``n_good`` over it;
+4. candidates entirely inside a source detected on the template (grown by
+   ``template_grow_sigma``) are kept (``preserve_contained_by_source``).
+
+Differences from LSST, chosen by the coadd benchmark: the template is made
+from the direct warps (no PSF-matched warps yet), so seeing differences show
+up at bright stars and are left to the epoch count and the source
+preservation; and the difference is thresholded after PSF smoothing
+(``smooth=True``), which finds faint trails that a per-pixel 5 sigma cut misses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage
+
+from .safe_clip import _EIGHT, _detect_on_warp, _drop_small, _grow
+
+__all__ = ["CompareWarpConfig", "find_artifacts"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareWarpConfig:
+    """Parameters of CompareWarp rejection (LSST defaults unless noted).
+
+    Attributes
+    ----------
+    template_sigma_clip : float
+        Clip of the template's clipped mean (standard deviations).
+    template_clip_iterations : int
+        Iterations of the template's clipped mean.
+    threshold_sigma : float
+        Threshold on each warp-minus-template difference (noise units).
+    smooth : bool
+        Smooth the difference by the PSF before thresholding (stacklab default;
+        LSST thresholds the unsmoothed difference).
+    min_pixels : int
+        Smallest candidate (pixels above threshold).
+    n_sigma_to_grow : float
+        Candidates grow isotropically by this many PSF sigmas (LSST: 0.4 on the
+        unsmoothed difference; 1.0 here balances faint trail wings against
+        clipping real sources in the benchmark).
+    clip_grow_sigma : float
+        Candidates found to be artifacts are grown by this many more PSF sigmas
+        before clipping, to take the faint wings of trails along (stacklab
+        addition: the decision uses the tighter footprint).
+    prefilter_ratio : float
+        Candidates with at most this fraction of unmasked pixels are dropped.
+    max_num_epochs : int
+        Epoch-count limit ``maxNumEpochs``.
+    max_fraction_epochs_low, max_fraction_epochs_high : float
+        Epoch-count fractions of the broken-line limit.
+    spatial_threshold : float
+        Fraction of a candidate's pixels that must pass the epoch count.
+    preserve_contained_by_source : bool
+        Keep candidates entirely inside a source detected on the template.
+    template_threshold_sigma : float
+        Detection threshold (PSF-smoothed S/N) of sources on the template.
+    template_grow_sigma : float
+        Template sources grow by this many PSF sigmas.
+    """
+
+    template_sigma_clip: float = 2.5
+    template_clip_iterations: int = 3
+    threshold_sigma: float = 5.0
+    smooth: bool = True
+    min_pixels: int = 4
+    n_sigma_to_grow: float = 1.0
+    clip_grow_sigma: float = 1.5
+    prefilter_ratio: float = 0.05
+    max_num_epochs: int = 2
+    max_fraction_epochs_low: float = 0.4
+    max_fraction_epochs_high: float = 0.03
+    spatial_threshold: float = 0.5
+    preserve_contained_by_source: bool = True
+    template_threshold_sigma: float = 5.0
+    template_grow_sigma: float = 2.4
+
+    def __post_init__(self) -> None:
+        for name in (
+            "template_sigma_clip",
+            "threshold_sigma",
+            "template_threshold_sigma",
+        ):
+            if not getattr(self, name) > 0:
+                msg = f"{name} must be > 0, got {getattr(self, name)!r}"
+                raise ValueError(msg)
+        for name in ("template_clip_iterations", "min_pixels", "max_num_epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                msg = f"{name} must be an integer >= 1, got {value!r}"
+                raise ValueError(msg)
+        for name in (
+            "prefilter_ratio",
+            "max_fraction_epochs_low",
+            "max_fraction_epochs_high",
+            "spatial_threshold",
+        ):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                msg = f"{name} must be a fraction in [0, 1], got {getattr(self, name)!r}"
+                raise ValueError(msg)
+        for name in ("n_sigma_to_grow", "template_grow_sigma", "clip_grow_sigma"):
+            if getattr(self, name) < 0:
+                msg = f"{name} must be >= 0, got {getattr(self, name)!r}"
+                raise ValueError(msg)
+
+
+def _candidates(
+    diff: NDArray[np.float64],
+    noise_var: NDArray[np.float64],
+    usable: NDArray[np.bool_],
+    psf_sigma_px: float,
+    config: CompareWarpConfig,
+) -> tuple[NDArray[np.int32], int]:
+    if config.smooth:
+        positive, negative = _detect_on_warp(
+            diff.astype(np.float32), noise_var.astype(np.float32), usable,
+            psf_sigma_px=psf_sigma_px, threshold_sigma=config.threshold_sigma,
+            min_pixels=config.min_pixels, grow_sigma=0.0, empirical_noise=True,
+        )  # fmt: skip
+        found = positive | negative
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            snr = np.where(usable & (noise_var > 0), diff / np.sqrt(noise_var), 0.0)
+        found = _drop_small(snr >= config.threshold_sigma, config.min_pixels)
+        found |= _drop_small(snr <= -config.threshold_sigma, config.min_pixels)
+    found = _grow(found, config.n_sigma_to_grow * psf_sigma_px)
+    labels, n = ndimage.label(found, structure=_EIGHT)
+    return labels.astype(np.int32), int(n)
+
+
+def find_artifacts(
+    template: NDArray[np.float64],
+    template_variance: NDArray[np.float64],
+    n_good: NDArray[np.int16],
+    warp: Callable[[int], tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]],
+    n_warps: int,
+    *,
+    psf_sigma_px: float,
+    config: CompareWarpConfig | None = None,
+) -> Callable[[int], NDArray[np.bool_] | None]:
+    """Find the artifacts of every warp against a static-sky template.
+
+    Parameters
+    ----------
+    template, template_variance : numpy.ndarray, shape (ny, nx)
+        Static-sky template and its variance (ADU, ADU²).
+    n_good : numpy.ndarray of int
+        Warps with usable data at each pixel.
+    warp : callable
+        ``warp(i)`` returns warp ``i``'s image, variance and usable-pixel mask;
+        it is called twice per warp, one warp in memory at a time.
+    n_warps : int
+        Number of warps.
+    psf_sigma_px : float
+        Gaussian sigma of the PSF (px).
+    config : CompareWarpConfig, optional
+        Thresholds and filters.
+
+    Returns
+    -------
+    callable
+        ``clipped(i)``: boolean image of warp ``i``'s artifact pixels, or None.
+    """
+    config = CompareWarpConfig() if config is None else config
+    ok = n_good > 0
+    sources = np.zeros(template.shape, dtype=bool)
+    if config.preserve_contained_by_source:
+        positive, _ = _detect_on_warp(
+            template.astype(np.float32), template_variance.astype(np.float32), ok,
+            psf_sigma_px=psf_sigma_px, threshold_sigma=config.template_threshold_sigma,
+            grow_sigma=config.template_grow_sigma,
+        )  # fmt: skip
+        sources = positive
+
+    def candidates(i: int) -> tuple[NDArray[np.int32], int, NDArray[np.bool_]]:
+        image, variance, usable = warp(i)
+        both = usable & ok
+        diff = np.where(both, image - template, 0.0)
+        noise = np.where(both, variance + template_variance, 0.0)
+        labels, n = _candidates(diff, noise, both, psf_sigma_px, config)
+        if n:
+            unmasked = np.bincount(labels.ravel(), weights=usable.ravel(), minlength=n + 1)
+            size = np.bincount(labels.ravel(), minlength=n + 1)
+            keep = unmasked > config.prefilter_ratio * size
+            keep[0] = False
+            labels = np.where(keep[labels], labels, 0).astype(np.int32)
+        return labels, n, usable
+
+    epoch_count = np.zeros(template.shape, dtype=np.int16)
+    for i in range(n_warps):
+        labels, _, _ = candidates(i)
+        epoch_count += (labels > 0).astype(np.int16)
+
+    def clipped(i: int) -> NDArray[np.bool_] | None:
+        labels, n, _ = candidates(i)
+        if n == 0:
+            return None
+        flat = labels.ravel()
+        size = np.bincount(flat, minlength=n + 1).astype(float)
+        mean_n = np.bincount(flat, weights=n_good.ravel(), minlength=n + 1) / np.maximum(size, 1)
+        eff_max = np.floor(
+            np.minimum(
+                config.max_fraction_epochs_low * mean_n,
+                config.max_num_epochs + config.max_fraction_epochs_high * mean_n,
+            )
+        )
+        count = epoch_count.ravel()
+        passing = (count > 0) & (count <= eff_max[flat])
+        frac = np.bincount(flat, weights=passing, minlength=n + 1) / np.maximum(size, 1)
+        artifact = frac > config.spatial_threshold
+        if config.preserve_contained_by_source:
+            in_source = np.bincount(flat, weights=sources.ravel(), minlength=n + 1)
+            artifact &= in_source < size
+        artifact[0] = False
+        if not artifact.any():
+            return None
+        return _grow(np.asarray(artifact[labels]), config.clip_grow_sigma * psf_sigma_px)
+
+    log.debug("compare-warp: epoch counts up to %d", int(epoch_count.max()))
+    return clipped
