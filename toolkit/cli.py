@@ -16,13 +16,33 @@ __all__ = ["main"]
 
 # name -> (module that implements it, one-line help)
 _COMMANDS: dict[str, tuple[str, str]] = {
+    "process-frame": (
+        "stacklab.toolkit.process_frame",
+        "single-frame processing: calexp, source catalog and PSF model of one image",
+    ),
     "demo": (
         "stacklab.toolkit.demo",
         "simulate the demo dataset and run the main job on it",
     ),
+    "coadd": (
+        "stacklab.toolkit.coadd_cli",
+        "coadd the exposures of a dataset or FITS files, one coadd per band",
+    ),
     "simulate": (
         "stacklab.toolkit.simulate.cli",
         "simulate a multi-band, multi-epoch dataset with truth",
+    ),
+    "run": (
+        "stacklab.toolkit.batch.cli_run",
+        "run a pipeline of notebooks over parameter grids (resumes into the same folder)",
+    ),
+    "status": (
+        "stacklab.toolkit.batch.cli_status",
+        "show the tasks of a run folder and their states",
+    ),
+    "report": (
+        "stacklab.toolkit.batch.report",
+        "write the HTML report of a run folder",
     ),
 }
 

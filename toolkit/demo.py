@@ -1,7 +1,10 @@
 """``stacklab demo``: the main job on a small simulated dataset, end to end.
 
-It simulates a small multi-band, multi-epoch dataset, then summarizes it in a
-table and an HTML page, and prints where everything is.
+It simulates a small multi-band, multi-epoch dataset, summarizes it in a table,
+runs the curated notebooks on it as a batch pipeline (``notebooks/demo_pipeline.yaml``:
+single-frame processing of every exposure, then one coadd per band), writes the
+run's HTML report and prints where everything is. Rerunning resumes: the dataset is
+simulated again only if missing, and up-to-date tasks are not executed again.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
+from .errors import ToolkitError
 from .io import atomic_path, read_exposure
-from .simulate import Manifest, SimulationConfig, simulate_dataset
+from .simulate import Manifest, SimulationConfig, read_manifest, simulate_dataset
 
-__all__ = ["DEMO_CONFIG", "add_arguments", "run", "summarize_dataset"]
+__all__ = ["DEMO_CONFIG", "add_arguments", "find_demo_pipeline", "run", "summarize_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -82,22 +86,105 @@ def _write_html(table: Table, path: Path, title: str) -> None:
         tmp.write_text(page)
 
 
+def _existing_demo_dataset(data: Path) -> Manifest | None:
+    """Return the demo dataset already in ``data`` if it was made with `DEMO_CONFIG`."""
+    try:
+        manifest = read_manifest(data)
+    except (FileNotFoundError, ValueError):
+        return None
+    if manifest.config != DEMO_CONFIG:
+        return None
+    log.info("reusing the demo dataset in %s", data)
+    return manifest
+
+
+def find_demo_pipeline(explicit: str | None = None) -> Path:
+    """Return the path of the demo pipeline file.
+
+    Looks at ``explicit`` if given, else ``notebooks/demo_pipeline.yaml`` in the current
+    folder, else next to the source tree of an editable install.
+
+    Raises
+    ------
+    ToolkitError
+        If no pipeline file is found.
+    """
+    if explicit is not None:
+        candidates = [Path(explicit)]
+    else:
+        candidates = [
+            Path.cwd() / "notebooks" / "demo_pipeline.yaml",
+            Path(__file__).resolve().parents[1] / "notebooks" / "demo_pipeline.yaml",
+        ]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    tried = ", ".join(str(c) for c in candidates)
+    msg = (
+        f"demo pipeline file not found (tried {tried}); run `stacklab demo` from a checkout "
+        "of stacklab or pass --pipeline PATH/TO/demo_pipeline.yaml"
+    )
+    raise ToolkitError(msg)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``demo`` options to ``parser``."""
     parser.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     parser.add_argument("--workers", type=int, default=2, help="parallel processes (default 2)")
+    parser.add_argument(
+        "--pipeline",
+        default=None,
+        help="pipeline file (default notebooks/demo_pipeline.yaml of the checkout)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo and print where its outputs are."""
-    out = Path(args.out)
+    # Imported here so that `stacklab simulate` and friends do not pay for Dask.
+    from .batch import run_pipeline, write_report
+    from .batch.registry import Registry
+
+    pipeline = find_demo_pipeline(args.pipeline)
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    manifest = simulate_dataset(DEMO_CONFIG, out / "data", workers=args.workers)
+    data = out / "data"
+    manifest = _existing_demo_dataset(data)
+    if manifest is None:
+        manifest = simulate_dataset(DEMO_CONFIG, data, workers=args.workers)
     summary = summarize_dataset(manifest)
     with atomic_path(out / "summary.csv") as tmp:
         summary.write(tmp, format="ascii.csv", overwrite=True)
     _write_html(summary, out / "summary.html", "stacklab demo dataset")
+
+    rundir = out / "run"
+    result = run_pipeline(
+        pipeline,
+        rundir,
+        workers=args.workers,
+        variables={"dataset": str(data)},
+        progress=not args.no_progress,
+    )
+    report = write_report(rundir)
+    with Registry(rundir, readonly=True) as registry:
+        datasets = registry.datasets()
+    by_type: dict[str, list[str]] = {}
+    for dataset in datasets:
+        by_type.setdefault(dataset["dataset_type"], []).append(str(dataset["path"]))
+
     print(f"dataset:  {manifest.root / 'manifest.json'} ({len(manifest.exposures)} exposures)")
     print(f"summary:  {out / 'summary.csv'}")
-    print(f"report:   {out / 'summary.html'}")
+    print(
+        f"run:      {rundir} ({len(result.executed)} tasks executed, {len(result.cached)} "
+        f"up to date, {len(result.failed)} failed, {len(result.skipped)} skipped)"
+    )
+    print(f"notebooks: {rundir} (executed notebooks in each task folder)")
+    for dataset_type in ("single_frame.catalog", "coadd.coadd"):
+        paths = sorted(by_type.get(dataset_type, []))
+        if paths:
+            print(f"{dataset_type}: {len(paths)} files, e.g. {paths[0]}")
+    print(f"report:   {report}")
+    if result.failed or result.skipped or result.interrupted:
+        print("some tasks did not succeed; see the report and `stacklab status`", flush=True)
+        return 130 if result.interrupted else 1
     return 0

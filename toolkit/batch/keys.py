@@ -1,0 +1,106 @@
+"""Content keys: what decides whether a task must run again.
+
+A task key is the sha256 of a canonical JSON document holding the notebook's code cells
+(markdown and outputs excluded, trailing whitespace normalized), the parameter values, the
+checksums of its inputs (not their paths or modification times) and the versions that can
+change results. Equal keys and intact outputs mean the task is up to date.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+__all__ = ["canonical_json", "file_sha256", "key_versions", "notebook_code_sha256", "task_key"]
+
+_CHUNK = 1 << 20
+
+
+def canonical_json(value: Any) -> str:
+    """Serialize ``value`` to JSON with sorted keys and no whitespace (stable across runs)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Return the hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as stream:
+        while chunk := stream.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def notebook_code_sha256(path: str | os.PathLike[str]) -> str:
+    """Hash the code cells of a notebook only, so markdown edits and outputs do not count.
+
+    Each cell's source has trailing whitespace stripped on every line and leading/trailing
+    blank lines removed; empty code cells are ignored.
+    """
+    nb = nbformat.read(Path(path), as_version=4)
+    sources = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        lines = [line.rstrip() for line in cell.source.splitlines()]
+        text = "\n".join(lines).strip("\n")
+        if text:
+            sources.append(text)
+    return hashlib.sha256(canonical_json(sources).encode()).hexdigest()
+
+
+def key_versions() -> dict[str, str]:
+    """Versions that enter every task key: stacklab and the Python minor version."""
+    try:
+        stacklab = version("stacklab")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        stacklab = "unknown"
+    return {"stacklab": stacklab, "python": ".".join(platform.python_version_tuple()[:2])}
+
+
+def task_key(
+    *,
+    step: str,
+    code_sha256: str,
+    parameters: dict[str, Any],
+    inputs: dict[str, Any],
+    outputs: dict[str, str],
+    versions: dict[str, str],
+) -> str:
+    """Return the hex sha256 identifying one task's work.
+
+    Parameters
+    ----------
+    step : str
+        Step name.
+    code_sha256 : str
+        From `notebook_code_sha256`.
+    parameters : dict
+        Parameter values, excluding those that only carry input paths.
+    inputs : dict
+        Input checksums by parameter name (a str, or a list of ``[data_id, sha256]``
+        pairs for gathered inputs).
+    outputs : dict of str to str
+        Declared outputs (name -> file name).
+    versions : dict of str to str
+        From `key_versions`.
+
+    Returns
+    -------
+    str
+    """
+    document = {
+        "step": step,
+        "code": code_sha256,
+        "parameters": parameters,
+        "inputs": inputs,
+        "outputs": outputs,
+        "versions": versions,
+    }
+    return hashlib.sha256(canonical_json(document).encode()).hexdigest()

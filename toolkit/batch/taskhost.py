@@ -1,0 +1,333 @@
+"""The task host: a small process that imports papermill once and forks one child per task.
+
+Importing papermill costs about a second, more than the rest of a small task's overhead.
+Each worker therefore keeps one host process (``python -m stacklab.toolkit.batch.hostmain``)
+that has everything imported; for each task it forks a child, which
+
+- starts its own session (so a timeout can kill it and everything it started),
+- asks the kernel to die with it (``PR_SET_PDEATHSIG`` on Linux, and ipykernel's own
+  parent polling),
+- runs the notebook with papermill in the task's attempt folder, with stdout/stderr in
+  ``task.log``, using a kernel spec that points at this very interpreter,
+- checks the executed notebook, caps huge stream outputs and the declared outputs, and
+- writes ``.result.json`` atomically before exiting.
+
+The host reads one spec path per line on stdin and answers with the child's pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import re
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RESULT_NAME", "SPEC_NAME", "main", "run_notebook_task"]
+
+RESULT_NAME = ".result.json"
+SPEC_NAME = ".task.json"
+LOG_NAME = "task.log"
+#: Stream outputs longer than this (characters) are cut in the kept notebook.
+MAX_STREAM_CHARS = 100_000
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_PR_SET_PDEATHSIG = 1
+#: Environment for kernels: one thread per numerical library, since one task runs per core.
+KERNEL_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "NUMEXPR_NUM_THREADS": "1",
+    "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+    "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+}
+
+
+def _die_with_parent(sig: int) -> None:
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
+def install_kernelspec(folder: Path) -> None:
+    """Write a ``python3`` kernel spec running this interpreter under ``folder`` and use it.
+
+    ``folder`` is put first on ``JUPYTER_PATH`` of this process (and so of its children),
+    so papermill's ``python3`` kernel is always the interpreter the runner runs in,
+    whatever kernel specs the environment has installed.
+    """
+    spec_dir = folder / "kernels" / "python3"
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (stacklab batch)",
+        "language": "python",
+        "interrupt_mode": "signal",
+        "env": {},
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    existing = os.environ.get("JUPYTER_PATH")
+    os.environ["JUPYTER_PATH"] = str(folder) + (os.pathsep + existing if existing else "")
+
+
+def _descendants_kill() -> None:
+    import psutil  # type: ignore[import-untyped,unused-ignore]
+
+    me = psutil.Process()
+    children = me.children(recursive=True)
+    for child in children:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(os.getpgid(child.pid), signal.SIGKILL)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+
+
+def _on_term(signum: int, frame: Any) -> None:
+    _descendants_kill()
+    os._exit(128 + signum)
+
+
+def _original_cell_index(nb: Any) -> int | None:
+    """Index, in the source notebook, of the cell that failed (injected cells excluded)."""
+    index = 0
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags or "papermill-error-cell-tag" in tags:
+            continue
+        if cell.get("metadata", {}).get("papermill", {}).get("exception"):
+            return index
+        if cell.cell_type == "code" and any(
+            o.get("output_type") == "error" for o in cell.get("outputs", [])
+        ):
+            return index
+        index += 1
+    return None
+
+
+def _judge_recorded_exception(nb: Any, fail: Any) -> None:
+    """Fail unless papermill's recorded exception is a clean ``sys.exit(0)``.
+
+    Papermill stops at ``SystemExit`` with an empty or zero code and returns normally,
+    which is success; any other recorded exception, even one without an error output,
+    is a failure.
+    """
+    errors = [
+        output
+        for cell in nb.cells
+        for output in cell.get("outputs", [])
+        if output.get("output_type") == "error"
+    ]
+    for error in errors:
+        clean_exit = error.get("ename") == "SystemExit" and error.get("evalue") in ("", "0", "None")
+        if not clean_exit:
+            fail("error", error.get("ename"), error.get("evalue"), "\n".join(error["traceback"]))
+            return
+    if not errors:
+        fail("error", "UnknownError", "papermill recorded an exception without error output", None)
+
+
+def _cap_streams(nb: Any, limit: int) -> bool:
+    """Merge each cell's consecutive stream outputs and cut those longer than ``limit``."""
+    capped = False
+    for cell in nb.cells:
+        merged: list[Any] = []
+        for output in cell.get("outputs", []):
+            if isinstance(output.get("text"), list):  # as stored on disk: a list of lines
+                output["text"] = "".join(output["text"])
+            last = merged[-1] if merged else None
+            if (
+                output.get("output_type") == "stream"
+                and last is not None
+                and last.get("output_type") == "stream"
+                and last.get("name") == output.get("name")
+            ):
+                last["text"] = last["text"] + output["text"]
+            else:
+                merged.append(output)
+        if cell.cell_type == "code":
+            cell["outputs"] = merged
+        for output in merged:
+            text = output.get("text")
+            if (
+                output.get("output_type") == "stream"
+                and isinstance(text, str)
+                and len(text) > limit
+            ):
+                head, tail = text[: limit // 2], text[-limit // 2 :]
+                cut = len(text) - len(head) - len(tail)
+                output["text"] = (
+                    f"{head}\n[... {cut} characters cut by stacklab batch; the output was "
+                    f"{len(text)} characters ...]\n{tail}"
+                )
+                capped = True
+    return capped
+
+
+def run_notebook_task(spec: dict[str, Any], attempt_dir: Path) -> dict[str, Any]:
+    """Execute one task's notebook in ``attempt_dir`` (the current folder) and describe it.
+
+    Returns a JSON-able dict: ``status`` (``ok``/``failed``), ``error_class`` (``error``,
+    ``exit``, ``kernel-died``, ``startup``, ``missing-output``, ``io``, ``internal``),
+    ``ename``, ``evalue``, ``cell_index``, ``traceback``, ``outputs`` (name -> sha256),
+    ``executed_notebook`` (file name) and ``capped_outputs``.
+    """
+    import nbformat
+    import papermill
+    from nbclient.exceptions import DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+
+    from .keys import file_sha256
+
+    notebook = Path(spec["notebook"])
+    executed = attempt_dir / notebook.name
+    result: dict[str, Any] = {
+        "status": "ok",
+        "error_class": None,
+        "ename": None,
+        "evalue": None,
+        "cell_index": None,
+        "traceback": None,
+        "outputs": {},
+        "executed_notebook": executed.name,
+        "capped_outputs": False,
+    }
+
+    def fail(error_class: str, ename: str | None, evalue: str | None, tb: str | None) -> None:
+        result.update(
+            status="failed",
+            error_class=error_class,
+            ename=ename,
+            evalue=evalue,
+            traceback=_ANSI.sub("", tb) if tb else tb,
+        )
+
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(executed),
+            parameters=spec["parameters"],
+            kernel_name="python3",
+            progress_bar=False,
+            log_output=False,
+            start_timeout=spec.get("start_timeout_s", 60),
+            request_save_on_cell_execute=True,
+        )
+    except PapermillExecutionError as err:
+        kind = "exit" if err.ename == "SystemExit" else "error"
+        fail(kind, err.ename, err.evalue, "\n".join(err.traceback))
+    except DeadKernelError as err:
+        fail("kernel-died", "DeadKernelError", str(err) or "the kernel died", None)
+    except (RuntimeError, TimeoutError) as err:
+        if "kernel" in str(err).lower() and not executed.exists():
+            fail("startup", type(err).__name__, str(err), traceback.format_exc())
+        else:
+            fail("internal", type(err).__name__, str(err), traceback.format_exc())
+    except OSError as err:
+        fail("io", type(err).__name__, str(err), traceback.format_exc())
+    except Exception as err:  # anything else papermill raises still fails only this task
+        fail("internal", type(err).__name__, str(err), traceback.format_exc())
+
+    if executed.exists():
+        try:
+            # Plain JSON: nbformat.read validates the whole document, which costs more than
+            # the rest of the check for a small notebook.
+            nb = nbformat.from_dict(json.loads(executed.read_text()))
+            if result["status"] == "ok" and nb.metadata.get("papermill", {}).get("exception"):
+                _judge_recorded_exception(nb, fail)
+            if result["status"] != "ok":
+                result["cell_index"] = _original_cell_index(nb)
+            if _cap_streams(nb, spec.get("max_stream_chars", MAX_STREAM_CHARS)):
+                result["capped_outputs"] = True
+                tmp = executed.with_name(f".{executed.name}.tmp")
+                tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False))
+                tmp.replace(executed)
+        except (OSError, ValueError) as err:
+            if result["status"] == "ok":
+                fail("io", type(err).__name__, f"executed notebook unreadable: {err}", None)
+    if result["status"] == "ok":
+        missing = [f for f in spec["outputs"].values() if not (attempt_dir / f).is_file()]
+        if missing:
+            fail(
+                "missing-output",
+                "MissingOutput",
+                f"the notebook did not write its declared outputs {missing}",
+                None,
+            )
+        else:
+            result["outputs"] = {
+                name: file_sha256(attempt_dir / file) for name, file in spec["outputs"].items()
+            }
+    return result
+
+
+def _child(spec_path: Path, host_pid: int) -> None:
+    os.setsid()
+    _die_with_parent(signal.SIGTERM)
+    if os.getppid() != host_pid:  # the host died before prctl took effect
+        os._exit(1)
+    signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    null_fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null_fd, 0)
+    os.close(null_fd)
+    attempt_dir = spec_path.parent
+    log_fd = os.open(attempt_dir / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    os.chdir(attempt_dir)
+    started = time.time()
+    try:
+        spec = json.loads(spec_path.read_text())
+        result = run_notebook_task(spec, attempt_dir)
+    except BaseException as err:
+        result = {
+            "status": "failed",
+            "error_class": "internal",
+            "ename": type(err).__name__,
+            "evalue": str(err),
+            "traceback": traceback.format_exc(),
+            "outputs": {},
+        }
+    result["child_seconds"] = time.time() - started
+    tmp = attempt_dir / f"{RESULT_NAME}.tmp"
+    tmp.write_text(json.dumps(result))
+    tmp.replace(attempt_dir / RESULT_NAME)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def main() -> int:
+    """Serve fork requests on stdin until it closes (entry point of the host process)."""
+    _die_with_parent(signal.SIGKILL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Children are reaped automatically; the worker watches them by pid and result file.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    os.environ.update(KERNEL_ENV)
+    import nbclient  # noqa: F401 - imported once here, inherited by every forked child
+    import nbformat  # noqa: F401
+    import papermill  # noqa: F401
+    import psutil  # noqa: F401
+
+    with tempfile.TemporaryDirectory(prefix="stacklab-kernels-") as folder:
+        install_kernelspec(Path(folder))
+        host_pid = os.getpid()
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+        for line in sys.stdin:
+            spec_path = Path(line.strip())
+            pid = os.fork()
+            if pid == 0:
+                _child(spec_path, host_pid)
+            sys.stdout.write(f"{pid}\n")
+            sys.stdout.flush()
+    return 0
