@@ -69,6 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # distributed configures its own loggers at INFO on import; on the command line its
+    # scheduler chatter would bury the progress bar, so it speaks only with -vv.
+    if args.verbose < 2:
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+        logging.getLogger("traitlets").setLevel(logging.ERROR)  # nbconvert alt-text notes
     try:
         return int(args._run(args))
     except (ValueError, TypeError, FileNotFoundError) as err:
