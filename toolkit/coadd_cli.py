@@ -95,7 +95,7 @@ def _psf_grid(result: Coadd) -> tuple[fits.ImageHDU, fits.BinTableHDU] | None:
 
 
 def _write(result: Coadd, out: Path, stem: str) -> None:
-    write_exposure(result.exposure.replace(psf=None), out / f"{stem}.fits")
+    write_exposure(result.exposure, out / f"{stem}.fits")  # CoaddPsf saved as samples
     with atomic_path(out / f"{stem}-ninputs.fits") as tmp:
         fits.PrimaryHDU(result.n_inputs, header=result.exposure.wcs.to_header()).writeto(tmp)  # type: ignore[union-attr]
     grid = _psf_grid(result)

@@ -4,6 +4,11 @@ At coadd pixel ``(x, y)`` the model is ``sum_i w_i P_i(x, y) / sum_i w_i`` over
 exactly the inputs that contributed to that pixel (the coadd's
 ``contributors`` bit image, so clipped and masked inputs are left out), with
 the same weights ``w_i`` the coadd used. Each ``P_i`` is normalized to unit sum.
+
+A CoaddPsf is saved with its coadd as a `SampledPsf`: its stamps on a regular grid of
+positions (default every 128 px), interpolated with inverse-distance weights when read
+back. Sampling loses the per-pixel input sets between grid points, so measure on the
+in-memory CoaddPsf when inputs change abruptly (e.g. at a clipped trail).
 """
 
 from __future__ import annotations
@@ -14,9 +19,105 @@ from typing import Any
 
 import galsim
 import numpy as np
+from astropy.io import fits
+from astropy.table import Table
 from numpy.typing import NDArray
 
-__all__ = ["CoaddPsf"]
+__all__ = ["CoaddPsf", "SampledPsf"]
+
+#: Spacing (px) of the grid on which a CoaddPsf is sampled when it is saved.
+SAVE_SPACING_PX = 128
+
+
+def _resize(stamp: NDArray[np.float64], size: int) -> NDArray[np.float64]:
+    """Crop or zero-pad an odd square stamp about its centre to ``size``."""
+    have = stamp.shape[0]
+    if size == have:
+        return stamp
+    if size < have:
+        cut = (have - size) // 2
+        return stamp[cut : cut + size, cut : cut + size]
+    out = np.zeros((size, size))
+    pad = (size - have) // 2
+    out[pad : pad + have, pad : pad + have] = stamp
+    return out
+
+
+def _hsm_moments(stamp: NDArray[np.float64]) -> tuple[float, float, float]:
+    shape = galsim.hsm.FindAdaptiveMom(galsim.ImageD(stamp, scale=1.0))
+    return (
+        2.0 * shape.moments_sigma**2,
+        float(shape.observed_shape.e1),
+        float(shape.observed_shape.e2),
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class SampledPsf:
+    """A PSF known as normalized stamps at sample positions, interpolated in between.
+
+    Parameters
+    ----------
+    stamps : numpy.ndarray, shape (n, size, size)
+        Stamps (odd ``size``), each summing to 1, centred on their pixel centre.
+    x, y : numpy.ndarray, shape (n,)
+        Pixel positions of the samples.
+
+    Notes
+    -----
+    ``compute_image(x, y)`` is the inverse-square-distance weighted mean of the (up to)
+    four nearest samples, renormalized to unit sum; at a sample position it is that
+    sample exactly.
+    """
+
+    stamps: NDArray[np.float64] = field(repr=False)
+    x: NDArray[np.float64] = field(repr=False)
+    y: NDArray[np.float64] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        stamps = np.asarray(self.stamps)
+        if stamps.ndim != 3 or stamps.shape[1] != stamps.shape[2] or stamps.shape[1] % 2 == 0:
+            msg = f"stamps must have shape (n, size, size) with odd size, got {stamps.shape}"
+            raise ValueError(msg)
+        if not len(stamps) or len(self.x) != len(stamps) or len(self.y) != len(stamps):
+            msg = (
+                f"need at least one stamp and one (x, y) per stamp, got {len(stamps)} stamps, "
+                f"{len(self.x)} x and {len(self.y)} y"
+            )
+            raise ValueError(msg)
+
+    def compute_image(self, x: float, y: float, size: int | None = None) -> NDArray[np.float64]:
+        """Return the interpolated, normalized PSF stamp at ``(x, y)`` (px)."""
+        d2 = (np.asarray(self.x) - x) ** 2 + (np.asarray(self.y) - y) ** 2
+        nearest = np.argsort(d2)[:4]
+        if d2[nearest[0]] < 1e-12:
+            stamp = np.asarray(self.stamps[nearest[0]], dtype=np.float64)
+        else:
+            weights = 1.0 / d2[nearest]
+            stamp = np.tensordot(weights, np.asarray(self.stamps[nearest]), axes=1)
+        stamp = _resize(stamp, self.stamps.shape[1] if size is None else int(size))
+        return stamp / stamp.sum()
+
+    def moments(self, x: float, y: float) -> tuple[float, float, float]:
+        """Adaptive moments ``(T, e1, e2)`` (px²) of the model at ``(x, y)``."""
+        return _hsm_moments(self.compute_image(x, y, size=2 * self.stamps.shape[1] + 1))
+
+    def to_hdu(self) -> fits.BinTableHDU:
+        """Return the samples as a binary table (columns ``x``, ``y``, ``stamp``)."""
+        table = Table(
+            {"x": np.asarray(self.x, float), "y": np.asarray(self.y, float), "stamp": self.stamps}
+        )
+        return fits.BinTableHDU(table, name="PSF")
+
+    @classmethod
+    def from_hdu(cls, hdu: fits.BinTableHDU) -> SampledPsf:
+        """Inverse of :meth:`to_hdu`."""
+        data = hdu.data
+        return cls(
+            np.asarray(data["stamp"], dtype=np.float64),
+            np.asarray(data["x"], dtype=np.float64),
+            np.asarray(data["y"], dtype=np.float64),
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,10 +183,42 @@ class CoaddPsf:
 
     def moments(self, x: float, y: float) -> tuple[float, float, float]:
         """Adaptive moments ``(T, e1, e2)`` (px²) of the model at ``(x, y)``."""
-        stamp = self.compute_image(x, y, size=2 * self.stamp_size + 1)
-        shape = galsim.hsm.FindAdaptiveMom(galsim.ImageD(stamp, scale=1.0))
-        return (
-            2.0 * shape.moments_sigma**2,
-            float(shape.observed_shape.e1),
-            float(shape.observed_shape.e2),
-        )
+        return _hsm_moments(self.compute_image(x, y, size=2 * self.stamp_size + 1))
+
+    def sampled(self, spacing: float = SAVE_SPACING_PX) -> SampledPsf:
+        """Return the model sampled on a grid of about ``spacing`` px (NO_DATA points skipped).
+
+        Raises
+        ------
+        ValueError
+            If no grid point has any input (the coadd is empty).
+        """
+        ny, nx = self.contributors.shape
+        # Cell centres of an n x m grid (at least 5 x 5), so small coadds are sampled too.
+        n_x, n_y = max(5, round(nx / spacing)), max(5, round(ny / spacing))
+        xs = (np.arange(n_x) + 0.5) * nx / n_x - 0.5
+        ys = (np.arange(n_y) + 0.5) * ny / n_y - 0.5
+        stamps, px, py = [], [], []
+        for y in ys:
+            for x in xs:
+                if self.inputs_at(x, y):
+                    stamps.append(self.compute_image(x, y))
+                    px.append(x)
+                    py.append(y)
+        if not stamps:
+            covered = np.argwhere(self.contributors != 0)
+            if not len(covered):
+                msg = "the coadd has no input anywhere; there is no PSF to sample"
+                raise ValueError(msg)
+            y_mid, x_mid = covered[len(covered) // 2]
+            stamps.append(self.compute_image(float(x_mid), float(y_mid)))
+            px.append(float(x_mid))
+            py.append(float(y_mid))
+        return SampledPsf(np.asarray(stamps), np.asarray(px), np.asarray(py))
+
+    def to_hdu(self) -> fits.BinTableHDU:
+        """Return the model sampled on a grid (see `sampled`), as `SampledPsf` saves it."""
+        hdu = self.sampled().to_hdu()
+        # Read back as what was saved: the sampled model, not a CoaddPsf without inputs.
+        hdu.header["PSFCLASS"] = f"{SampledPsf.__module__}:{SampledPsf.__qualname__}"
+        return hdu

@@ -442,9 +442,17 @@ def _psf_to_hdu(psf: Any) -> fits.BinTableHDU | fits.ImageHDU | None:
     if to_hdu is None or not cls.__module__.startswith("stacklab."):
         log.warning("PSF model %s cannot be saved; writing the exposure without it", cls.__name__)
         return None
-    hdu = to_hdu()
+    try:
+        hdu = to_hdu()
+    except ValueError as err:
+        log.warning(
+            "PSF model %s cannot be saved (%s); writing the exposure without it", cls.__name__, err
+        )
+        return None
     hdu.name = "PSF"
-    hdu.header["PSFCLASS"] = (f"{cls.__module__}:{cls.__qualname__}", "stacklab PSF model type")
+    # A model may save itself as another class (a CoaddPsf saves its sampled form).
+    saved_as = str(hdu.header.get("PSFCLASS", f"{cls.__module__}:{cls.__qualname__}"))
+    hdu.header["PSFCLASS"] = (saved_as, "stacklab PSF model type")
     hdu.header["PSFDX"], hdu.header["PSFDY"] = shift
     return hdu
 

@@ -189,6 +189,42 @@ def test_coadd_psf_matches_stars_on_the_coadd(field) -> None:
     assert len(psf.inputs_at(x_used, y_used)) == N_VISITS
 
 
+def test_saved_coadd_psf_reads_back_as_its_samples(field, tmp_path) -> None:
+    from stacklab.toolkit.coadd_psf import SampledPsf
+    from stacklab.toolkit.io import read_exposure, write_exposure
+
+    _, _, exposures, patch = field
+    result = coadd(exposures, patch, CoaddConfig(statistic="mean"))
+    write_exposure(result.exposure, tmp_path / "coadd.fits")
+    saved = read_exposure(tmp_path / "coadd.fits").psf
+    assert isinstance(saved, SampledPsf)
+    live = result.exposure.psf
+    # Exactly the model at a sample point; close in size and shape in between.
+    x0, y0 = float(saved.x[len(saved.x) // 2]), float(saved.y[len(saved.y) // 2])
+    np.testing.assert_allclose(saved.compute_image(x0, y0), live.compute_image(x0, y0), atol=1e-12)
+    # Between samples where every input contributes (the sampled model cannot follow
+    # the abrupt changes at the edges of the dithered inputs; see coadd_psf).
+    full = set(range(N_VISITS))
+    inside = [
+        (x, y) for x, y in zip(saved.x, saved.y, strict=True) if set(live.inputs_at(x, y)) == full
+    ]
+    checked = 0
+    for x, y in [(x + 17.5, y + 11.0) for x, y in inside]:
+        d2 = (saved.x - x) ** 2 + (saved.y - y) ** 2
+        neighbours = np.argsort(d2)[:4]
+        if set(live.inputs_at(x, y)) != full or any(
+            set(live.inputs_at(saved.x[k], saved.y[k])) != full for k in neighbours
+        ):
+            continue
+        checked += 1
+        t_saved, e1_saved, e2_saved = saved.moments(x, y)
+        t_live, e1_live, e2_live = live.moments(x, y)
+        assert abs(t_saved / t_live - 1) < 0.01
+        assert abs(e1_saved - e1_live) < 0.01 and abs(e2_saved - e2_live) < 0.01
+    assert checked >= 2
+    assert saved.compute_image(x0, y0, size=41).shape == (41, 41)
+
+
 def test_mixed_bands_missing_psf_and_no_overlap(field) -> None:
     _, _, exposures, patch = field
     with pytest.raises(ValueError, match="mix bands"):
