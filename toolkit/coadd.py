@@ -60,7 +60,12 @@ from .safe_clip import SafeClipConfig, _detect_on_warp
 from .skymap import Patch, patch_covering
 from .warp import WarpConfig, warp_exposure
 
-__all__ = ["Coadd", "CoaddConfig", "coadd"]
+__all__ = ["Coadd", "CoaddConfig", "NoOverlapError", "coadd"]
+
+
+class NoOverlapError(ValueError):
+    """No input of a coadd has usable pixels on the patch (nothing to combine)."""
+
 
 log = logging.getLogger(__name__)
 
@@ -263,14 +268,31 @@ def _target_psf(exposures: Sequence[Exposure], config: PsfMatchConfig) -> Target
     return TargetPsf(config.target_broadening * widest)
 
 
-def _psf_sigma(psfs: Sequence[Any], shape: tuple[int, int]) -> float:
+def _covered_position(good: NDArray[np.bool_]) -> tuple[float, float] | None:
+    """Return a pixel ``(x, y)`` where ``good`` is set, near the middle of its extent."""
+    rows = np.flatnonzero(good.any(axis=1))
+    if not len(rows):
+        return None
+    y = int(rows[len(rows) // 2])
+    cols = np.flatnonzero(good[y])
+    return float(cols[len(cols) // 2]), float(y)
+
+
+def _psf_sigma(
+    psfs: Sequence[Any], shape: tuple[int, int], position: tuple[float, float] | None = None
+) -> float:
+    """Mean Gaussian sigma (px) of ``psfs`` at ``position`` (default the patch centre)."""
+    x, y = position if position is not None else ((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)
     sizes = []
-    for psf in psfs:
+    for k, psf in enumerate(psfs):
         try:
-            T = psf.moments((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)[0]
+            T = psf.moments(x, y)[0]
             sizes.append(np.sqrt(T / 2.0))
-        except Exception:  # a PSF that cannot be measured falls back to 2 px
-            continue
+        except Exception as err:  # any model failure: fall back, but say so
+            log.warning(
+                "PSF %d cannot be measured at (%.0f, %.0f) (%s); using the others or 2 px",
+                k, x, y, err,
+            )  # fmt: skip
     return float(np.mean(sizes)) if sizes else 2.0
 
 
@@ -376,7 +398,11 @@ def coadd(
                 w_exp = w_exp.replace(psf=target)
                 good = (mask & bad_bits) == 0
             if safe and not np.any(mask & det_bits):
-                sigma = _psf_sigma([w_exp.psf], shape) if w_exp.psf is not None else 2.0
+                sigma = (
+                    _psf_sigma([w_exp.psf], shape, _covered_position(good))
+                    if w_exp.psf is not None
+                    else 2.0
+                )
                 positive, negative = _detect_on_warp(
                     image, variance, good,
                     psf_sigma_px=sigma, threshold_sigma=config.safe_clip.warp_threshold_sigma,
@@ -395,7 +421,7 @@ def coadd(
                 f"no input overlaps patch {patch.name} ({'; '.join(skipped)}); "
                 "choose the patch with skymap.patches_overlapping"
             )
-            raise ValueError(msg)
+            raise NoOverlapError(msg)
         if stack.n == 1:
             warnings.warn(
                 f"coadd of a single input (visit {visits[0]}): the coadd is its warp",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from .background import estimate_background, subtract_background
-from .coadd import Coadd, CoaddConfig, coadd
+from .coadd import Coadd, CoaddConfig, NoOverlapError, coadd
 from .exposure import Exposure
 from .io import atomic_path, read_exposure, write_exposure
 from .skymap import Patch, SkyMapConfig, make_skymap, patch_covering, patches_overlapping
@@ -118,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     config = CoaddConfig(statistic=args.statistic)
     bands = sorted({str(e.band) for e in exposures})
+    written = 0
     for band in bands:
         group = [e for e in exposures if str(e.band) == band]
         patches: list[Patch]
@@ -131,12 +133,18 @@ def run(args: argparse.Namespace) -> int:
             stem = f"coadd-{band}" + (f"-{patch.name}" if args.patch_size else "")
             try:
                 result = coadd(group, patch, config)
-            except ValueError as err:
+            except NoOverlapError as err:  # other errors are the user's to fix: raised
                 log.warning("band %s, patch %s: %s", band, patch.name, err)
                 continue
             _write(result, out, stem)
+            written += 1
             print(
                 f"{band}: {len(result.visits)} inputs ({args.statistic}) -> {out / stem}.fits"
                 + (f"; skipped {len(result.skipped)}" if result.skipped else "")
             )
+    if not written:
+        print(
+            "stacklab coadd: error: no coadd written (no input overlaps any patch)", file=sys.stderr
+        )
+        return 1
     return 0

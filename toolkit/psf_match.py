@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import galsim
 import numpy as np
+from astropy.io import fits
 from numpy.typing import NDArray
 from scipy import ndimage
 from scipy.signal import fftconvolve
@@ -92,6 +93,18 @@ class TargetPsf:
         """Adaptive moments ``(T, e1, e2)`` (px²)."""
         shape = galsim.hsm.FindAdaptiveMom(galsim.ImageD(self.compute_image(x, y), scale=1.0))
         return 2.0 * shape.moments_sigma**2, shape.observed_shape.e1, shape.observed_shape.e2
+
+    def to_hdu(self) -> fits.ImageHDU:
+        """Return the target as an image HDU: its stamp, FWHM and size in the header."""
+        hdu = fits.ImageHDU(self.compute_image(0.0, 0.0), name="PSF")
+        hdu.header["PSFFWHM"] = (self.fwhm_px, "Kolmogorov FWHM (px)")
+        hdu.header["PSFSIZE"] = (self.stamp_size, "stamp size (px)")
+        return hdu
+
+    @classmethod
+    def from_hdu(cls, hdu: fits.ImageHDU) -> TargetPsf:
+        """Inverse of :meth:`to_hdu`."""
+        return cls(float(hdu.header["PSFFWHM"]), int(hdu.header["PSFSIZE"]))
 
 
 def _kernel(

@@ -180,6 +180,11 @@ def test_toml_and_yaml_give_the_same_plan(project):
             ValueError,
             "timeout must be a positive number",
         ),
+        (
+            {"map": {"notebook": "map.ipynb", "grid": {"visit": [1]}, "where": {"band": ["r"]}}},
+            ValueError,
+            "'where' filters manifest entries",
+        ),
     ],
 )
 def test_bad_pipelines_are_refused_with_a_clear_message(project, steps, error, match):

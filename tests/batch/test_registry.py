@@ -23,7 +23,10 @@ def _task(task_id, **extra):
     }
 
 
-def test_wal_mode_upsert_order_and_concurrent_reader(tmp_path):
+@pytest.mark.parametrize("folder", ["run", "run #1?x"])
+def test_wal_mode_upsert_order_and_concurrent_reader(tmp_path, folder):
+    tmp_path = tmp_path / folder
+    tmp_path.mkdir()
     with Registry(tmp_path) as registry:
         assert registry._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         registry.upsert_tasks([_task(f"s/visit={i}") for i in range(3)])

@@ -133,3 +133,31 @@ def test_allow_partial_gathers_what_succeeded(tmp_path, dask_client):
     )
     assert summary.failed == ("m/i=1",) and summary.skipped == ()
     assert (tmp_path / "run/tasks/g/all/n.txt").read_text() == "2"
+
+
+def test_a_changed_input_of_a_gather_step_reruns_it(tmp_path, dask_client):
+    write_notebook(tmp_path / "m.ipynb", "i = 0", "open('o.txt', 'w').write(str(i))")
+    write_notebook(
+        tmp_path / "g.ipynb",
+        "paths = []\nref = ''",
+        "open('n.txt', 'w').write(open(ref).read() + str(len(paths)))",
+    )
+    (tmp_path / "ref.txt").write_text("first")
+    (tmp_path / "p.yaml").write_text(
+        "steps:\n"
+        "  m: {notebook: m.ipynb, grid: {i: [0, 1]}, outputs: {o: o.txt}}\n"
+        "  g: {notebook: g.ipynb, gather: {step: m, output: o, parameter: paths},"
+        " parameters: {ref: ref.txt}, inputs: [ref], outputs: {n: n.txt}}\n"
+    )
+
+    def run():
+        return run_pipeline(
+            tmp_path / "p.yaml", tmp_path / "run", client=dask_client, progress=False
+        )
+
+    assert set(run().executed) == {"m/i=0", "m/i=1", "g/all"}
+    assert (tmp_path / "run/tasks/g/all/n.txt").read_text() == "first2"
+    assert run().executed == ()
+    (tmp_path / "ref.txt").write_text("second")  # same path, new content
+    assert run().executed == ("g/all",)
+    assert (tmp_path / "run/tasks/g/all/n.txt").read_text() == "second2"

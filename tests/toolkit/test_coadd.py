@@ -277,7 +277,7 @@ def test_pixels_without_any_usable_input_are_no_data(field, caplog) -> None:
 
 def test_cli_coadd_writes_one_coadd_per_band(tmp_path, capsys) -> None:
     from stacklab.toolkit.cli import main
-    from stacklab.toolkit.io import read_exposure
+    from stacklab.toolkit.io import read_exposure, write_exposure
     from stacklab.toolkit.simulate import simulate_dataset
 
     config = SimulationConfig(
@@ -291,6 +291,12 @@ def test_cli_coadd_writes_one_coadd_per_band(tmp_path, capsys) -> None:
         assert (tmp_path / "out" / f"coadd-{band}-psf.fits").is_file()
     assert "2 inputs" in capsys.readouterr().out
     assert main(["coadd", str(tmp_path / "missing")]) == 2
+    # An input without a PSF model is the user's to fix: an error, not a skipped band.
+    exposure = read_exposure(next((tmp_path / "data" / "exposures").glob("*.fits")))
+    write_exposure(exposure.replace(psf=None), tmp_path / "nopsf.fits")
+    assert main(["coadd", str(tmp_path / "nopsf.fits"), "--out", str(tmp_path / "o2")]) == 2
+    assert "no PSF model" in capsys.readouterr().err
+    assert not list((tmp_path / "o2").glob("coadd-*.fits"))
 
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "02_coadd.ipynb"
@@ -336,7 +342,8 @@ def test_coadd_notebook_runs_with_defaults(tmp_path) -> None:
     assert (tmp_path / "coadd.fits").is_file()
 
 
-def test_psf_matched_coadd_has_the_target_psf(field) -> None:
+def test_psf_matched_coadd_has_the_target_psf(field, tmp_path) -> None:
+    from stacklab.toolkit.io import read_exposure, write_exposure
     from stacklab.toolkit.psf_match import PsfMatchConfig, TargetPsf
 
     sky, sims, exposures, patch = field
@@ -363,3 +370,6 @@ def test_psf_matched_coadd_has_the_target_psf(field) -> None:
     assert abs(np.median(sizes)) < 0.005
     assert abs(np.median(e1)) < 0.003
     assert abs(np.median(e2)) < 0.003
+    # The target is saved with the coadd and read back as itself.
+    write_exposure(result.exposure, tmp_path / "matched.fits")
+    assert read_exposure(tmp_path / "matched.fits").psf == target

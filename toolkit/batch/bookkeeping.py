@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -90,12 +91,17 @@ class RunBook:
             for up in good
             for file in [self.outputs[up][name]["file"]]
         ]
-        params = {k: v for k, v in task.parameters.items() if k != task.gather.parameter}
+        # Declared inputs count by content, as for map steps, not by path.
+        params = {
+            k: v
+            for k, v in task.parameters.items()
+            if k != task.gather.parameter and k not in task.inputs
+        }
         key = task_key(
             step=task.step,
             code_sha256=task.code_sha256,
             parameters=params,
-            inputs={task.gather.parameter: gathered},
+            inputs={task.gather.parameter: gathered, **task.input_sha256},
             outputs=task.outputs,
             versions=self.plan.versions,
         )
@@ -267,15 +273,27 @@ class RunBook:
         self.progress(1)
 
     def record_lost(self, task: Task, err: BaseException) -> None:
-        """Record a task whose Dask worker died more often than allowed."""
+        """Record a task that failed in the execution machinery, not in its notebook.
+
+        A `distributed.KilledWorker` means the task's Dask worker died more often than
+        allowed; anything else (a task host that cannot start, an unreadable result file)
+        is recorded as ``internal`` with its traceback.
+        """
+        from distributed import KilledWorker
+
         now = time.time()
+        if isinstance(err, KilledWorker):
+            error_class, evalue = "worker-lost", f"the Dask worker running the task died: {err}"
+        else:
+            error_class, evalue = "internal", f"the task could not be run: {err}"
         self.record_result(
             task,
             {
                 "status": "failed",
-                "error_class": "worker-lost",
+                "error_class": error_class,
                 "ename": type(err).__name__,
-                "evalue": f"the Dask worker running the task died repeatedly: {err}",
+                "evalue": evalue,
+                "traceback": "".join(traceback.format_exception(err)),
                 "attempt_dir": str(self.rundir / ".staging" / "lost" / uuid.uuid4().hex),
                 "attempt": 1,
                 "started": now,

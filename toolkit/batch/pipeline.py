@@ -194,6 +194,8 @@ def _parse_step(name: str, raw: Any, root: Path, source: str) -> StepSpec:
     sources = [k for k in ("grid", "manifest", "gather") if raw.get(k) is not None]
     if len(sources) > 1:
         raise _fail(where, f"use only one of 'grid', 'manifest' and 'gather', got {sources}")
+    if where_filter and raw.get("manifest") is None:
+        raise _fail(where, "'where' filters manifest entries; it needs a 'manifest' step")
     timeout = raw.get("timeout")
     if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
         raise _fail(where, f"timeout must be a positive number of seconds, got {timeout!r}")

@@ -149,7 +149,9 @@ class Registry:
             if not self.path.is_file():
                 msg = f"{self.rundir} holds no registry ({REGISTRY_NAME}); is it a run folder?"
                 raise FileNotFoundError(msg)
-            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+            # as_uri() percent-encodes '#', '?' and spaces that a raw "file:" URI would misread
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, timeout=30)
         else:
             self._db = sqlite3.connect(self.path, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")

@@ -7,6 +7,7 @@ import fcntl
 import os
 import shutil
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,9 +46,17 @@ def run_lock(rundir: Path) -> Iterator[None]:
     path = rundir / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        # `stacklab status` probes the lock with a brief shared hold: retry for a second
+        # so that a status call at the wrong moment does not refuse a starting run.
+        deadline = time.monotonic() + 1.0
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
             holder = Path(path).read_text().strip() or "another process"
             msg = (
                 f"run folder {rundir} is in use by {holder}; wait for that run to finish, "

@@ -372,7 +372,18 @@ def _execute(
                         run.executed.append(task.task_id)
                 else:
                     future.cancel()
-            left = [t.task_id for t in plan.tasks if run.state.get(t.task_id) in (None, "running")]
+            # Cancel what was running or marked pending by this run; a task never reached
+            # keeps its record (e.g. a gather whose earlier result is still up to date).
+            left = [
+                t.task_id
+                for t in plan.tasks
+                if run.state.get(t.task_id) == "running"
+                or (
+                    run.state.get(t.task_id) is None
+                    and (record := registry.task(t.task_id)) is not None
+                    and record.state == "pending"
+                )
+            ]
             registry.set_state(left, "cancelled", run_id=run.run_id)
             for task_id in left:
                 run.state[task_id] = "cancelled"

@@ -327,7 +327,15 @@ def main() -> int:
             spec_path = Path(line.strip())
             pid = os.fork()
             if pid == 0:
-                _child(spec_path, host_pid)
+                # A forked child must never return into this loop: its unwinding would run
+                # the host's cleanup (and delete the kernel spec the host still serves).
+                try:
+                    _child(spec_path, host_pid)  # ends with os._exit(0) when it succeeds
+                except BaseException:
+                    with contextlib.suppress(BaseException):
+                        traceback.print_exc()
+                finally:
+                    os._exit(1)
             sys.stdout.write(f"{pid}\n")
             sys.stdout.flush()
     return 0
