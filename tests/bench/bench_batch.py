@@ -34,7 +34,11 @@ from stacklab.toolkit.batch.cli_status import status_rows
 
 def write_notebook(path: Path, parameters: str, *cells: str) -> Path:
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nb.metadata["language_info"] = {"name": "python"}
     params = nbformat.v4.new_code_cell(parameters)
     params.metadata["tags"] = ["parameters"]
