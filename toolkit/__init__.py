@@ -13,9 +13,17 @@ from .detection import DetectionConfig, Detections, detect_sources
 from .errors import ToolkitError
 from .exposure import Exposure, Psf, ShiftedPsf
 from .flags import SourceFlag, describe_flags
+from .forced import ForcedConfig, ForcedPhotometry, forced_photometry
 from .io import read_exposure, write_exposure
 from .mask import DEFAULT_MASK_PLANES, MaskPlanes
 from .measurement import MeasurementConfig, Measurements, measure_sources
+from .multiband import (
+    MultibandCatalog,
+    MultibandConfig,
+    coadd_bands,
+    detection_coadd,
+    measure_multiband,
+)
 from .process_frame import FrameResult, ProcessFrameConfig, process_frame
 from .psf import PsfConfig, PsfFit, PsfModel, PsfShape, PsfValidation, fit_psf
 from .psf_match import PsfMatchConfig, TargetPsf
@@ -47,11 +55,15 @@ __all__ = [
     "DetectionConfig",
     "Detections",
     "Exposure",
+    "ForcedConfig",
+    "ForcedPhotometry",
     "FrameResult",
     "HeavyFootprint",
     "MaskPlanes",
     "MeasurementConfig",
     "Measurements",
+    "MultibandCatalog",
+    "MultibandConfig",
     "Patch",
     "ProcessFrameConfig",
     "Psf",
@@ -74,13 +86,17 @@ __all__ = [
     "WarpConfig",
     "WarpedPsf",
     "coadd",
+    "coadd_bands",
     "deblend_sources",
     "describe_flags",
     "detect_sources",
+    "detection_coadd",
     "estimate_background",
     "find_cosmic_rays",
     "fit_psf",
+    "forced_photometry",
     "make_skymap",
+    "measure_multiband",
     "measure_sources",
     "patch_covering",
     "patches_overlapping",
