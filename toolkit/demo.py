@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         f"up to date, {len(result.failed)} failed, {len(result.skipped)} skipped)"
     )
     print(f"notebooks: {rundir} (executed notebooks in each task folder)")
-    for dataset_type in ("single_frame.catalog", "coadd.coadd"):
+    for dataset_type in ("single_frame.catalog", "coadd.coadd", "multiband.catalog"):
         paths = sorted(by_type.get(dataset_type, []))
         if paths:
             print(f"{dataset_type}: {len(paths)} files, e.g. {paths[0]}")
