@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +14,10 @@ from lab_server import CHROMIUM, CHROMIUM_ARGS, Lab
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """Start ``jupyter lab`` on a free loopback port with a token; stop it afterwards."""
     if not CHROMIUM.exists():
-        pytest.skip("Debian chromium is not installed at /usr/bin/chromium")
+        reason = "Debian chromium is not installed at /usr/bin/chromium (apt-get install chromium)"
+        if os.environ.get("CI"):  # CI installs it (.ci/run): a silent skip would hide failures
+            pytest.fail(reason)
+        pytest.skip(reason)
     pytest.importorskip("playwright.sync_api")
     server = Lab(tmp_path_factory.mktemp("lab"))
     try:
