@@ -161,3 +161,29 @@ def test_a_changed_input_of_a_gather_step_reruns_it(tmp_path, dask_client):
     (tmp_path / "ref.txt").write_text("second")  # same path, new content
     assert run().executed == ("g/all",)
     assert (tmp_path / "run/tasks/g/all/n.txt").read_text() == "second2"
+
+
+def test_tasks_no_longer_planned_become_obsolete(tmp_path, dask_client):
+    from stacklab.toolkit.batch.cli_status import run as status
+
+    write_notebook(tmp_path / "m.ipynb", "i = 0", "open('o.txt', 'w').write(str(i))")
+
+    def run(values):
+        (tmp_path / "p.yaml").write_text(
+            f"steps:\n  m: {{notebook: m.ipynb, grid: {{i: {values}}}, outputs: {{o: o.txt}}}}\n"
+        )
+        return run_pipeline(
+            tmp_path / "p.yaml", tmp_path / "run", client=dask_client, progress=False
+        )
+
+    assert run([0, 1, 2]).exit_code == 0
+    again = run([0, 1])  # a narrower grid into the same folder
+    assert again.executed == () and set(again.cached) == {"m/i=0", "m/i=1"}
+    with Registry(tmp_path / "run", readonly=True) as registry:
+        assert registry.task("m/i=2").state == "obsolete"
+        assert registry.task("m/i=0").state == "succeeded"
+        assert registry.find_dataset("m.o", i=0).name == "o.txt"
+        with pytest.raises(LookupError):
+            registry.find_dataset("m.o", i=2)
+    args = type("Args", (), {"rundir": str(tmp_path / "run"), "json": True})()
+    assert status(args) == 0  # obsolete tasks do not count

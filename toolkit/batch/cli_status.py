@@ -63,7 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the status; exit 0 when every task succeeded, 1 otherwise."""
+    """Print the status; exit 0 when every task of the plan succeeded, 1 otherwise.
+
+    Tasks of earlier plans that the latest run no longer has are shown as ``obsolete``
+    and do not count.
+    """
     rows = status_rows(args.rundir)
     if args.json:
         json.dump(rows, sys.stdout, indent=1)
@@ -81,4 +85,5 @@ def run(args: argparse.Namespace) -> int:
         for r in rows:
             counts[r["state"]] = counts.get(r["state"], 0) + 1
         print(", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no tasks")
-    return 0 if rows and all(r["state"] == "succeeded" for r in rows) else 1
+    current = [r for r in rows if r["state"] != "obsolete"]
+    return 0 if current and all(r["state"] == "succeeded" for r in current) else 1

@@ -41,6 +41,7 @@ TASK_STATES = (
     "skipped",
     "cancelled",
     "interrupted",
+    "obsolete",  # no longer in the pipeline's plan (e.g. rerun on another dataset)
 )
 
 _SCHEMA = """
