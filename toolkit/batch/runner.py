@@ -344,14 +344,16 @@ def _execute(
             # Records of tasks this plan no longer has (another dataset, a narrower grid)
             # must not pass for its results: mark them obsolete and forget their datasets.
             planned = {t.task_id for t in plan.tasks}
-            stale = [
+            obsolete = [
                 r.task_id
                 for r in registry.tasks()
                 if r.task_id not in planned and r.state != "obsolete"
             ]
-            if stale:
-                log.warning("%d task(s) of earlier runs are not in this plan: obsolete", len(stale))
-                registry.set_state(stale, "obsolete", run_id=run.run_id)
+            if obsolete:
+                log.warning(
+                    "%d task(s) of earlier runs are not in this plan: obsolete", len(obsolete)
+                )
+                registry.set_state(obsolete, "obsolete", run_id=run.run_id)
             registry.upsert_tasks(
                 [
                     {**run.base_fields(t), "state": "pending"}
