@@ -17,11 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import galsim
 import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 from numpy.typing import NDArray
+
+from .stamp_moments import stamp_moments
 
 __all__ = ["CoaddPsf", "SampledPsf"]
 
@@ -41,15 +42,6 @@ def _resize(stamp: NDArray[np.float64], size: int) -> NDArray[np.float64]:
     pad = (size - have) // 2
     out[pad : pad + have, pad : pad + have] = stamp
     return out
-
-
-def _hsm_moments(stamp: NDArray[np.float64]) -> tuple[float, float, float]:
-    shape = galsim.hsm.FindAdaptiveMom(galsim.ImageD(stamp, scale=1.0))
-    return (
-        2.0 * shape.moments_sigma**2,
-        float(shape.observed_shape.e1),
-        float(shape.observed_shape.e2),
-    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,7 +92,7 @@ class SampledPsf:
 
     def moments(self, x: float, y: float) -> tuple[float, float, float]:
         """Adaptive moments ``(T, e1, e2)`` (px²) of the model at ``(x, y)``."""
-        return _hsm_moments(self.compute_image(x, y, size=2 * self.stamps.shape[1] + 1))
+        return stamp_moments(self.compute_image(x, y, size=2 * self.stamps.shape[1] + 1))
 
     def to_hdu(self) -> fits.BinTableHDU:
         """Return the samples as a binary table (columns ``x``, ``y``, ``stamp``)."""
@@ -183,7 +175,7 @@ class CoaddPsf:
 
     def moments(self, x: float, y: float) -> tuple[float, float, float]:
         """Adaptive moments ``(T, e1, e2)`` (px²) of the model at ``(x, y)``."""
-        return _hsm_moments(self.compute_image(x, y, size=2 * self.stamp_size + 1))
+        return stamp_moments(self.compute_image(x, y, size=2 * self.stamp_size + 1))
 
     def sampled(self, spacing: float = SAVE_SPACING_PX) -> SampledPsf:
         """Return the model sampled on a grid of about ``spacing`` px (NO_DATA points skipped).

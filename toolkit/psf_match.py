@@ -26,6 +26,7 @@ from scipy import ndimage
 from scipy.signal import fftconvolve
 
 from .exposure import Exposure
+from .stamp_moments import stamp_moments
 
 __all__ = ["PsfMatchConfig", "TargetPsf", "match_to_target"]
 
@@ -91,8 +92,7 @@ class TargetPsf:
 
     def moments(self, x: float, y: float) -> tuple[float, float, float]:
         """Adaptive moments ``(T, e1, e2)`` (px²)."""
-        shape = galsim.hsm.FindAdaptiveMom(galsim.ImageD(self.compute_image(x, y), scale=1.0))
-        return 2.0 * shape.moments_sigma**2, shape.observed_shape.e1, shape.observed_shape.e2
+        return stamp_moments(self.compute_image(x, y))
 
     def to_hdu(self) -> fits.ImageHDU:
         """Return the target as an image HDU: its stamp, FWHM and size in the header."""

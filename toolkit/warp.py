@@ -32,13 +32,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import galsim
 import numpy as np
 from astropy.wcs import WCS
 from numpy.typing import NDArray
 from scipy.interpolate import RectBivariateSpline
 
 from .exposure import Exposure
+from .stamp_moments import stamp_moments
 
 __all__ = ["Warp", "WarpConfig", "WarpedPsf", "warp_exposure"]
 
@@ -285,13 +285,7 @@ class WarpedPsf:
     def moments(self, x: float, y: float) -> tuple[float, float, float]:
         """Adaptive moments ``(T, e1, e2)`` (px²) of the stamp at ``(x, y)``."""
         stamp = self.compute_image(x, y)
-        stamp = np.pad(stamp, stamp.shape[0] // 2)
-        shape = galsim.hsm.FindAdaptiveMom(galsim.ImageD(stamp, scale=1.0))
-        return (
-            2.0 * shape.moments_sigma**2,
-            float(shape.observed_shape.e1),
-            float(shape.observed_shape.e2),
-        )
+        return stamp_moments(np.pad(stamp, stamp.shape[0] // 2))
 
 
 @dataclass(frozen=True, eq=False)
