@@ -39,3 +39,44 @@ def test_a_dead_task_host_is_restarted(tmp_path):
     assert second["status"] == "ok", second
     assert (tmp_path / "staging-2").glob("attempt-*/o.txt")
     host.close()
+
+
+def test_a_kernel_that_dies_at_startup_is_tried_again(tmp_path, monkeypatch):
+    # A real kernel death: a sitecustomize that ends the first ipykernel process at once.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "flag = os.environ.get('STACKLAB_TEST_KERNEL_DIES_ONCE', '')\n"
+        "if flag and 'ipykernel' in ' '.join(sys.orig_argv) and os.path.exists(flag):\n"
+        "    os.remove(flag)\n"
+        "    os._exit(1)\n"
+    )
+    flag = tmp_path / "die-once"
+    flag.touch()
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    monkeypatch.setenv("STACKLAB_TEST_KERNEL_DIES_ONCE", str(flag))
+    notebook = write_notebook(tmp_path / "t.ipynb", "x = 0", "open('o.txt', 'w').write(str(x))")
+    spec = {
+        "task_id": "t/x=1",
+        "notebook": str(notebook),
+        "parameters": {"x": 1},
+        "outputs": {"o": "o.txt"},
+        "staging": str(tmp_path / "staging"),
+        "timeout_s": 120,
+        "cancel_file": str(tmp_path / "cancel"),
+        "runner_pid": os.getpid(),
+        "runner_host": socket.gethostname(),
+    }
+    host = execute.TaskHost()
+    try:
+        result = execute.execute_task(spec, host=host)
+        assert not flag.exists()  # the first kernel did die
+        assert result["status"] == "ok" and result["attempt"] == 2, result
+        # A failing notebook, in contrast, is not tried again.
+        write_notebook(tmp_path / "t.ipynb", "x = 0", "raise ValueError('no')")
+        spec.update(staging=str(tmp_path / "staging-2"))
+        failed = execute.execute_task(spec, host=host)
+        assert failed["error_class"] == "error" and failed["attempt"] == 1
+    finally:
+        host.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import select
 import signal
@@ -29,6 +30,8 @@ import psutil  # type: ignore[import-untyped,unused-ignore]
 from .taskhost import RESULT_NAME, SPEC_NAME
 
 __all__ = ["TaskHost", "execute_task", "kill_tree"]
+
+log = logging.getLogger(__name__)
 
 _POLL_S = 0.05
 
@@ -161,8 +164,17 @@ class _ExitWaiter:
             self._fd = None
 
 
+#: Attempts of a task whose kernel fails to start (a transient failure of the machine,
+#: e.g. a kernel port taken between choosing and binding it), not of its notebook.
+STARTUP_ATTEMPTS = 2
+
+
 def execute_task(spec: dict[str, Any], *, host: TaskHost | None = None) -> dict[str, Any]:
     """Run one task and return its outcome (called on a Dask worker).
+
+    A task whose kernel dies or times out before running any cell (``error_class``
+    ``startup``) is tried again, up to `STARTUP_ATTEMPTS` times, each in a new attempt
+    folder; its notebook's own failures are never retried.
 
     Parameters
     ----------
@@ -180,6 +192,16 @@ def execute_task(spec: dict[str, Any], *, host: TaskHost | None = None) -> dict[
         ``error_class`` is ``timeout``, ``cancelled`` or ``crashed`` when the child
         had to be killed or died without a result.
     """
+    for _ in range(STARTUP_ATTEMPTS - 1):
+        result = _execute_once(spec, host)
+        if result.get("error_class") != "startup":
+            return result
+        log.warning("task %s: kernel failed to start (%s); trying again", spec["task_id"],
+                    result.get("evalue"))  # fmt: skip
+    return _execute_once(spec, host)
+
+
+def _execute_once(spec: dict[str, Any], host: TaskHost | None) -> dict[str, Any]:
     staging = Path(spec["staging"])
     staging.mkdir(parents=True, exist_ok=True)
     attempt_dir = Path(tempfile.mkdtemp(prefix="attempt-", dir=staging))

@@ -225,7 +225,11 @@ def run_notebook_task(spec: dict[str, Any], attempt_dir: Path) -> dict[str, Any]
     except DeadKernelError as err:
         fail("kernel-died", "DeadKernelError", str(err) or "the kernel died", None)
     except (RuntimeError, TimeoutError) as err:
-        if "kernel" in str(err).lower() and not executed.exists():
+        message = str(err).lower()
+        # papermill writes the output notebook before it starts the kernel, so "kernel died
+        # before replying to kernel_info" may come with an (unexecuted) notebook on disk.
+        started = not any(s in message for s in ("kernel_info", "didn't respond"))
+        if "kernel" in message and (not executed.exists() or not started):
             fail("startup", type(err).__name__, str(err), traceback.format_exc())
         else:
             fail("internal", type(err).__name__, str(err), traceback.format_exc())
