@@ -12,7 +12,15 @@ for stacklab's arrays:
    mask (DETECTED | DETECTED_NEGATIVE) covers, with the single/general/double
    overlap rules of the note (``min_clip_foot_overlap*`` parameters);
 4. in every warp, detected regions of at least ``min_big_overlap`` pixels that
-   already hold more than ``min_big_overlap`` clipped pixels are clipped whole.
+   already hold more than ``min_big_overlap`` clipped pixels are clipped whole;
+5. (stacklab's addition) a region several warps take part in — e.g. the artifacts of
+   several warps merged into one, such as crossing satellite trails, which the rules
+   above give to one warp at most — is also split by warp: each connected piece of
+   warp ``i``'s detections inside it, of at least ``min_big_overlap`` pixels, that the
+   other warps with data there detect on average at no more than
+   ``max_shared_fraction`` is clipped from warp ``i`` (except its pixels that most
+   other warps detect too: the real sources an artifact crosses). Real
+   sources are detected by (nearly) every warp and are kept.
 
 Warps lacking detection planes are detected first (PSF-smoothed S/N above
 ``warp_threshold_sigma``). The clipped pixels become the CLIPPED plane of the warps.
@@ -22,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -64,6 +72,11 @@ class SafeClipConfig:
         more than this many clipped pixels are clipped whole.
     warp_threshold_sigma : float
         Threshold (PSF-smoothed S/N) of the detection run on warps without one.
+    split_unassigned : bool
+        Split regions no overlap rule assigns by warp (step 5 above).
+    max_shared_fraction : float
+        Step 5: a piece of one warp's detections is that warp's own artifact when the
+        other warps with data detect its pixels at most this fraction of the time.
     """
 
     sigma_clip: float = 1.5
@@ -77,6 +90,8 @@ class SafeClipConfig:
     max_clip_foot_overlap_double: float = 0.15
     min_big_overlap: int = 100
     warp_threshold_sigma: float = 5.0
+    split_unassigned: bool = True
+    max_shared_fraction: float = 0.3
 
     def __post_init__(self) -> None:
         for name in ("sigma_clip", "threshold_sigma", "warp_threshold_sigma"):
@@ -96,6 +111,7 @@ class SafeClipConfig:
             "min_clip_foot_overlap_single",
             "min_clip_foot_overlap_double",
             "max_clip_foot_overlap_double",
+            "max_shared_fraction",
         ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 msg = f"{name} must be a fraction in [0, 1], got {getattr(self, name)!r}"
@@ -119,6 +135,8 @@ class SafeClipRegions:
         Regions (of the difference) clipped in at least one warp.
     config : SafeClipConfig
         The configuration used.
+    pieces : dict of int to numpy.ndarray of int64
+        Step 5: flat indices of the pixels of unassigned regions clipped from warp ``i``.
     """
 
     labels: NDArray[np.int32]
@@ -126,6 +144,7 @@ class SafeClipRegions:
     n_regions: int
     n_clipped_regions: int
     config: SafeClipConfig
+    pieces: dict[int, NDArray[np.int64]] = field(default_factory=dict)
 
 
 def _disk(radius: float) -> NDArray[np.bool_]:
@@ -196,14 +215,15 @@ def _difference_regions(
     usable: NDArray[np.bool_],
     psf_sigma_px: float,
     config: SafeClipConfig,
-) -> tuple[NDArray[np.int32], int]:
+) -> tuple[NDArray[np.int32], int, NDArray[np.bool_]]:
+    """Label the grown regions of the difference; also return their cores (grown 1 sigma)."""
     data = np.where(usable, diff, 0.0)
     smooth = ndimage.gaussian_filter(data, psf_sigma_px, mode="constant")
     # Where few warps overlap the clip rarely acts and the difference is exactly 0;
     # the scatter is measured where it does act.
     values = smooth[usable & (diff != 0)]
     if values.size == 0:
-        return np.zeros(diff.shape, dtype=np.int32), 0
+        return np.zeros(diff.shape, dtype=np.int32), 0, np.zeros(diff.shape, dtype=bool)
     # "pixel_stdev": the threshold is in units of the smoothed difference's own scatter.
     centre = float(np.median(values))
     sigma = 1.4826 * float(np.median(np.abs(values - centre)))
@@ -212,9 +232,10 @@ def _difference_regions(
     threshold = config.threshold_sigma * sigma
     found = _drop_small(usable & (smooth - centre >= threshold), config.min_pixels)
     found |= _drop_small(usable & (smooth - centre <= -threshold), config.min_pixels)
+    core = _grow(found, psf_sigma_px)
     found = _grow(found, config.n_sigma_to_grow * psf_sigma_px)
     labels, n = ndimage.label(found, structure=_EIGHT)
-    return labels.astype(np.int32), int(n)
+    return labels.astype(np.int32), int(n), core
 
 
 def find_clip_regions(
@@ -254,7 +275,7 @@ def find_clip_regions(
     if n_warps < 1:
         msg = f"n_warps must be >= 1, got {n_warps}"
         raise ValueError(msg)
-    labels, n = _difference_regions(diff, usable, psf_sigma_px, config)
+    labels, n, core = _difference_regions(diff, usable, psf_sigma_px, config)
     clip = np.zeros((n_warps, n + 1), dtype=bool)
     if n == 0:
         return SafeClipRegions(labels, clip, 0, 0, config)
@@ -262,8 +283,13 @@ def find_clip_regions(
     n_pixel = np.bincount(flat, minlength=n + 1).astype(float)
     overlap = np.zeros((n_warps, n + 1))
     candidate = np.zeros((n_warps, n + 1), dtype=bool)
+    # Per pixel: how many warps detect it, and how many have data there (step 5).
+    n_detecting = np.zeros(diff.shape, dtype=np.int16)
+    n_with_data = np.zeros(diff.shape, dtype=np.int16)
     for i in range(n_warps):
         detected, bad = warp_masks(i)
+        n_detecting += detected & ~bad
+        n_with_data += ~bad
         b = bad.ravel()
         ignore = np.bincount(flat, weights=b, minlength=n + 1)
         overlap_det = np.bincount(flat, weights=detected.ravel() & ~b, minlength=n + 1)
@@ -288,9 +314,65 @@ def find_clip_regions(
     two = ~single & ~general & (double.sum(axis=0) == 2) & (n_candidates > 3) & others_low
     clip |= two[None, :] & double
     clip[:, 0] = False
+    pieces: dict[int, NDArray[np.int64]] = {}
+    # Regions several warps take part in may hold the artifacts of several warps (crossing
+    # trails): the overlap rules give such a region to one warp at most, so split them.
+    unassigned = n_candidates >= 2
+    unassigned[0] = False
+    if config.split_unassigned and unassigned.any():
+        pieces = _split_by_warp(
+            labels, unassigned, core, warp_masks, n_warps, n_detecting, n_with_data, config
+        )
     n_clipped = int(np.sum(clip.any(axis=0)))
-    log.info("safe clip: %d regions in the difference, %d clipped", n, n_clipped)
-    return SafeClipRegions(labels, clip, n, n_clipped, config)
+    log.info(
+        "safe clip: %d regions in the difference, %d clipped, %d split by warp",
+        n, n_clipped, int(unassigned.sum()),
+    )  # fmt: skip
+    return SafeClipRegions(labels, clip, n, n_clipped, config, pieces)
+
+
+def _split_by_warp(
+    labels: NDArray[np.int32],
+    unassigned: NDArray[np.bool_],
+    core: NDArray[np.bool_],
+    warp_masks: Callable[[int], tuple[NDArray[np.bool_], NDArray[np.bool_]]],
+    n_warps: int,
+    n_detecting: NDArray[np.int16],
+    n_with_data: NDArray[np.int16],
+    config: SafeClipConfig,
+) -> dict[int, NDArray[np.int64]]:
+    """Step 5: pieces of unassigned regions that only one warp detects, per warp."""
+    # Only where the difference itself is significant (not the 2-sigma growth, where
+    # seeing differences make footprint edges that only some warps detect).
+    inside = unassigned[labels] & core
+    others = n_with_data.astype(np.float64) - 1.0
+    pieces: dict[int, NDArray[np.int64]] = {}
+    for i in range(n_warps):
+        detected, bad = warp_masks(i)
+        own = inside & detected & ~bad
+        if not own.any():
+            continue
+        # Fraction of the other warps with data that detect each pixel too.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            shared = np.where(others > 0, (n_detecting - 1.0) / others, 1.0)
+        parts, n_parts = ndimage.label(own, structure=_EIGHT)
+        if n_parts == 0:
+            continue
+        flat = parts.ravel()
+        size = np.bincount(flat, minlength=n_parts + 1)
+        mean_shared = np.bincount(flat, weights=shared.ravel(), minlength=n_parts + 1) / np.maximum(
+            size, 1
+        )
+        # Only big pieces: small ones (a faint source detected in one epoch by its noise)
+        # are left to the overlap rules, so that no real source loses its best epochs.
+        take = (size >= config.min_big_overlap) & (mean_shared <= config.max_shared_fraction)
+        take[0] = False
+        if take.any():
+            # Within a piece, pixels most other warps detect too are real sources the
+            # artifact crosses: they keep this warp's data.
+            own_pixels = take[flat] & (shared.ravel() <= config.max_shared_fraction)
+            pieces[i] = np.flatnonzero(own_pixels).astype(np.int64)
+    return pieces
 
 
 def clipped_pixels(
@@ -308,16 +390,22 @@ def clipped_pixels(
         The warp's DETECTED | DETECTED_NEGATIVE pixels.
     """
     decision = regions.clip[warp]
-    if not decision.any():
+    piece = regions.pieces.get(warp)
+    if not decision.any() and piece is None:
         return None
     clipped = decision[regions.labels]
-    own, n_own = ndimage.label(detected, structure=_EIGHT)
-    if n_own:
-        size = np.bincount(own.ravel(), minlength=n_own + 1)
-        inside = np.bincount(own.ravel(), weights=clipped.ravel(), minlength=n_own + 1)
-        limit = regions.config.min_big_overlap
-        big = (size >= limit) & (inside > limit)
-        big[0] = False
-        if big.any():
-            clipped |= big[own]
+    if decision.any():
+        own, n_own = ndimage.label(detected, structure=_EIGHT)
+        if n_own:
+            size = np.bincount(own.ravel(), minlength=n_own + 1)
+            inside = np.bincount(own.ravel(), weights=clipped.ravel(), minlength=n_own + 1)
+            limit = regions.config.min_big_overlap
+            big = (size >= limit) & (inside > limit)
+            big[0] = False
+            if big.any():
+                clipped |= big[own]
+    # Step-5 pieces are added after the big-footprint rule: a trail's detection joins
+    # every source it crosses, which that rule would otherwise clip whole.
+    if piece is not None:
+        clipped.ravel()[piece] = True
     return np.asarray(clipped)
