@@ -65,20 +65,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``stacklab`` command line; return the process exit code."""
-    words = sys.argv[1:] if argv is None else list(argv)
-    verbosity = sum(len(w) - 1 for w in words if w.startswith("-v") and set(w[1:]) == {"v"})
-    if verbosity + words.count("--verbose") < 2:
-        # distributed sets its loggers to INFO when it is imported (from dask's config);
-        # on the command line its scheduler chatter would bury the progress bar.
-        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(levelname)s %(name)s: %(message)s",
     )
-    if args.verbose < 2:  # and in case distributed was imported already
-        logging.getLogger("distributed").setLevel(logging.WARNING)
-        logging.getLogger("traitlets").setLevel(logging.ERROR)  # nbconvert alt-text notes
+    if args.verbose < 2:
+        # distributed sets its loggers to INFO when it is imported (from dask's config; no
+        # command module imports it at parse time); its scheduler chatter and nbconvert's
+        # alt-text notes would bury the progress bar.
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+        logging.getLogger("traitlets").setLevel(logging.ERROR)
     try:
         return int(args._run(args))
     except (ValueError, TypeError, FileNotFoundError) as err:

@@ -119,12 +119,12 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     config = CoaddConfig(statistic=args.statistic)
     bands = sorted({str(e.band) for e in exposures})
+    skymap = make_skymap(SkyMapConfig(patch_size_px=args.patch_size)) if args.patch_size else None
     written = 0
     for band in bands:
         group = [e for e in exposures if str(e.band) == band]
         patches: list[Patch]
-        if args.patch_size:
-            skymap = make_skymap(SkyMapConfig(patch_size_px=args.patch_size))
+        if skymap is not None:
             found = {p.name: p for e in group for p in patches_overlapping(e, skymap)}
             patches = list(found.values())
         else:

@@ -2,9 +2,10 @@
 
 It simulates a small multi-band, multi-epoch dataset, summarizes it in a table,
 runs the curated notebooks on it as a batch pipeline (``notebooks/demo_pipeline.yaml``:
-single-frame processing of every exposure, then one coadd per band), writes the
-run's HTML report and prints where everything is. Rerunning resumes: the dataset is
-simulated again only if missing, and up-to-date tasks are not executed again.
+single-frame processing of every exposure, one coadd per band, then one multi-band
+catalog), writes the run's HTML report and prints where everything is. Rerunning
+resumes: the dataset is simulated again only if missing, and up-to-date tasks are not
+executed again.
 """
 
 from __future__ import annotations

@@ -72,8 +72,8 @@ class SafeClipConfig:
         more than this many clipped pixels are clipped whole.
     warp_threshold_sigma : float
         Threshold (PSF-smoothed S/N) of the detection run on warps without one.
-    split_unassigned : bool
-        Split regions no overlap rule assigns by warp (step 5 above).
+    split_shared_regions : bool
+        Split the regions several warps take part in by warp (step 5 above).
     max_shared_fraction : float
         Step 5: a piece of one warp's detections is that warp's own artifact when the
         other warps with data detect its pixels at most this fraction of the time.
@@ -90,7 +90,7 @@ class SafeClipConfig:
     max_clip_foot_overlap_double: float = 0.15
     min_big_overlap: int = 100
     warp_threshold_sigma: float = 5.0
-    split_unassigned: bool = True
+    split_shared_regions: bool = True
     max_shared_fraction: float = 0.3
 
     def __post_init__(self) -> None:
@@ -136,7 +136,7 @@ class SafeClipRegions:
     config : SafeClipConfig
         The configuration used.
     pieces : dict of int to numpy.ndarray of int64
-        Step 5: flat indices of the pixels of unassigned regions clipped from warp ``i``.
+        Step 5: flat indices of the pixels of shared regions clipped from warp ``i``.
     """
 
     labels: NDArray[np.int32]
@@ -317,23 +317,23 @@ def find_clip_regions(
     pieces: dict[int, NDArray[np.int64]] = {}
     # Regions several warps take part in may hold the artifacts of several warps (crossing
     # trails): the overlap rules give such a region to one warp at most, so split them.
-    unassigned = n_candidates >= 2
-    unassigned[0] = False
-    if config.split_unassigned and unassigned.any():
+    shared_regions = n_candidates >= 2
+    shared_regions[0] = False
+    if config.split_shared_regions and shared_regions.any():
         pieces = _split_by_warp(
-            labels, unassigned, core, warp_masks, n_warps, n_detecting, n_with_data, config
+            labels, shared_regions, core, warp_masks, n_warps, n_detecting, n_with_data, config
         )
     n_clipped = int(np.sum(clip.any(axis=0)))
     log.info(
         "safe clip: %d regions in the difference, %d clipped, %d split by warp",
-        n, n_clipped, int(unassigned.sum()),
+        n, n_clipped, int(shared_regions.sum()),
     )  # fmt: skip
     return SafeClipRegions(labels, clip, n, n_clipped, config, pieces)
 
 
 def _split_by_warp(
     labels: NDArray[np.int32],
-    unassigned: NDArray[np.bool_],
+    shared_regions: NDArray[np.bool_],
     core: NDArray[np.bool_],
     warp_masks: Callable[[int], tuple[NDArray[np.bool_], NDArray[np.bool_]]],
     n_warps: int,
@@ -341,20 +341,21 @@ def _split_by_warp(
     n_with_data: NDArray[np.int16],
     config: SafeClipConfig,
 ) -> dict[int, NDArray[np.int64]]:
-    """Step 5: pieces of unassigned regions that only one warp detects, per warp."""
+    """Step 5: pieces of shared regions that only one warp detects, per warp."""
     # Only where the difference itself is significant (not the 2-sigma growth, where
     # seeing differences make footprint edges that only some warps detect).
-    inside = unassigned[labels] & core
+    inside = shared_regions[labels] & core
+    # At a pixel one warp detects: the fraction of the other warps with data there that
+    # detect it too (the same for every warp, so computed once).
     others = n_with_data.astype(np.float64) - 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shared = np.where(others > 0, (n_detecting - 1.0) / others, 1.0)
     pieces: dict[int, NDArray[np.int64]] = {}
     for i in range(n_warps):
         detected, bad = warp_masks(i)
         own = inside & detected & ~bad
         if not own.any():
             continue
-        # Fraction of the other warps with data that detect each pixel too.
-        with np.errstate(divide="ignore", invalid="ignore"):
-            shared = np.where(others > 0, (n_detecting - 1.0) / others, 1.0)
         parts, n_parts = ndimage.label(own, structure=_EIGHT)
         if n_parts == 0:
             continue

@@ -196,8 +196,11 @@ def execute_task(spec: dict[str, Any], *, host: TaskHost | None = None) -> dict[
         result = _execute_once(spec, host)
         if result.get("error_class") != "startup":
             return result
-        log.warning("task %s: kernel failed to start (%s); trying again", spec["task_id"],
-                    result.get("evalue"))  # fmt: skip
+        log.warning(
+            "task %s: kernel failed to start (%s); trying again",
+            spec["task_id"],
+            result.get("evalue"),
+        )
     return _execute_once(spec, host)
 
 
