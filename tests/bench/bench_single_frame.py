@@ -8,8 +8,8 @@ time/memory ratios. Run by ``make bench``; never by the tests.
 
 from __future__ import annotations
 
+import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -34,23 +34,49 @@ PSFEX = shutil.which("psfex")
 SHARE = Path("/usr/share/source-extractor")
 MATCH_PX = 2.0
 
+# Memory is read from /proc, not getrusage: ru_maxrss survives exec, so a child
+# started from this (large) process would report this process's peak. VmHWM is
+# per address space; writing 5 to clear_refs resets it to the current RSS.
 _CHILD = """
-import resource, sys, time, pickle
+import sys, time, pickle
+from astropy.io import fits
 from stacklab.toolkit import read_exposure, process_frame
+
+def status_kb(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
 exp = read_exposure(sys.argv[1])
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass
+base = status_kb("VmRSS")
 t = time.perf_counter()
 res = process_frame(exp)
 wall = time.perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = status_kb("VmHWM")
 res.catalog.write(sys.argv[2], overwrite=True)
 fits.HDUList([fits.PrimaryHDU(), res.psf.to_hdu()]).writeto(sys.argv[3], overwrite=True)
 stars = res.psf_fit.stars
 stars.write(sys.argv[4], overwrite=True)
 v = res.psf_fit.validation
+print(" ".join(f"{k}={t:.2f}" for k, t in res.timings.items()))
 print(wall, base, peak, res.aperture_correction, v.size_residual_mean, v.size_residual_rms,
       v.rho.mean("rho1", 0.2, 1.0) if v.rho else float("nan"))
-""".replace("import resource", "from astropy.io import fits\nimport resource")
+"""
+
+# The peers run from a small helper process, so that their max RSS is their own
+# (see above); it prints the wall time and the largest child's max RSS (kB).
+_PEER_RUNNER = """
+import json, resource, subprocess, sys, time
+commands = json.loads(sys.argv[1])
+start = time.perf_counter()
+for command in commands:
+    subprocess.run(command, check=True, cwd=sys.argv[2])
+print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
 
 
 def _sextractor_config(work: Path, image: Path, weight: Path) -> list[str]:
@@ -106,31 +132,26 @@ def run_peers(image: Path, weight: Path, work: Path) -> tuple[Table, Path, float
         )
         + "\n"
     )
-    start = time.perf_counter()
-    subprocess.run(
+    commands = [
         [SEX, str(image), *base, "-CATALOG_TYPE", "FITS_LDAC", "-CATALOG_NAME",
          str(work / "pre.cat"), "-PARAMETERS_NAME", str(work / "pre.param")],
-        check=True, cwd=work,
-    )  # fmt: skip
-    subprocess.run(
         [PSFEX, str(work / "pre.cat"), "-c", "/usr/share/psfex/default.psfex",
          "-PSF_SIZE", "35,35", "-PSFVAR_DEGREES", "2", "-PSF_SAMPLING", "1.0",
          "-BASIS_TYPE", "PIXEL_AUTO", "-SAMPLE_VARIABILITY", "0.3", "-SAMPLE_MINSN", "20",
          "-SAMPLE_FWHMRANGE", "1.5,15", "-SAMPLE_MAXELLIP", "0.3", "-CHECKPLOT_TYPE", "NONE",
          "-CHECKIMAGE_TYPE", "NONE", "-WRITE_XML", "N", "-NTHREADS", "1", "-VERBOSE_TYPE",
          "QUIET", "-PSF_DIR", str(work)],
-        check=True, cwd=work,
-    )  # fmt: skip
-    psf_file = work / "pre.psf"
-    subprocess.run(
         [SEX, str(image), *base, "-CATALOG_TYPE", "FITS_1.0", "-CATALOG_NAME",
          str(work / "final.cat"), "-PARAMETERS_NAME", str(work / "final.param"),
-         "-PSF_NAME", str(psf_file)],
-        check=True, cwd=work,
+         "-PSF_NAME", str(work / "pre.psf")],
+    ]  # fmt: skip
+    runner = subprocess.run(
+        [sys.executable, "-c", _PEER_RUNNER, json.dumps(commands), str(work)],
+        capture_output=True, text=True, check=True,
     )  # fmt: skip
-    wall = time.perf_counter() - start
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return Table.read(work / "final.cat", hdu=2), psf_file, wall, peak_kb / 1024.0
+    wall, peak_kb = (float(v) for v in runner.stdout.split()[-2:])
+    psf_file = work / "pre.psf"
+    return Table.read(work / "final.cat", hdu=1), psf_file, wall, peak_kb / 1024.0
 
 
 def psfex_image(psf_file: Path, x: float, y: float) -> np.ndarray:
@@ -214,6 +235,7 @@ def main() -> int:
         ours_wall, base_kb, peak_kb, apcorr, v_mean, v_rms, rho1_stars = (
             float(v) for v in child.stdout.split()[-7:]
         )
+        step_times = child.stdout.strip().splitlines()[-2]
         ours = Table.read(work / "src.fits")
         with fits.open(work / "psf.fits") as hdul:
             model = PsfModel.from_hdu(hdul[1])
@@ -229,6 +251,7 @@ def main() -> int:
     print(f"\n{'':34s}{'stacklab':>14s}{'SExtractor+PSFEx':>18s}")
     print(f"{'wall time (s, 1 thread)':34s}{ours_wall:14.1f}{sex_wall:18.1f}"
           f"   ratio {ours_wall / sex_wall:.2f}")  # fmt: skip
+    print(f"  stacklab steps (s): {step_times}")
     print(f"{'peak memory above start (x image)':34s}{(peak_kb - base_kb) / 1024 / image_mb:14.2f}"
           f"{sex_peak_mb / image_mb:18.2f}   (peer: absolute max RSS)")  # fmt: skip
     primary = ours[ours["n_children"] == 0]
