@@ -24,7 +24,7 @@ import galsim
 import numpy as np
 from astropy.table import Table
 from numpy.typing import NDArray
-from scipy import ndimage, signal
+from scipy import fft, ndimage
 
 from .exposure import Exposure
 
@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 _FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 _POLARITIES = ("positive", "both")
+# Rows per strip of the matched filter: small enough to keep its transforms in cache-sized
+# pieces and off the memory peak, large next to the kernel.
+_BLOCK_ROWS = 512
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -246,22 +249,20 @@ def detect_sources(exposure: Exposure, config: DetectionConfig | None = None) ->
         no_signal |= exposure.plane("NO_DATA")
     good_var = variance[~bad]
     fill_var = float(np.median(good_var)) if good_var.size else 1.0
-    data = np.where(no_signal, 0.0, image).astype(np.float32)
-    var = np.where(bad, fill_var, variance).astype(np.float32)
-    smoothed = signal.oaconvolve(data, kernel.astype(np.float32), mode="same")
-    noise2 = signal.oaconvolve(var, (kernel * kernel).astype(np.float32), mode="same")
-    significance = (smoothed / np.sqrt(np.maximum(noise2, 1e-30))).astype(np.float32)
+    data = np.where(no_signal, np.float32(0.0), image).astype(np.float32, copy=False)
+    var = np.where(bad, np.float32(fill_var), variance).astype(np.float32, copy=False)
+    significance = _matched_filter(data, var, kernel)
     significance[no_signal] = 0.0
-    del noise2
 
     seedless = no_signal if masked is None else (no_signal | masked)
-    positive, n_pos = _threshold(significance, seedless, config)
+    positive = _threshold(significance, seedless, config)
     saturated = exposure.plane("SAT") if "SAT" in exposure.mask_planes else None
     labels, footprints, peaks = _footprints(
         positive,
         _peak_map(data, var, significance, sigma_px, config),
         significance,
-        smoothed,
+        data,
+        kernel,
         image,
         config,
         sigma_px,
@@ -271,14 +272,13 @@ def detect_sources(exposure: Exposure, config: DetectionConfig | None = None) ->
     planes_map = exposure.mask_planes
     mask[labels > 0] |= np.int32(planes_map.bitmask("DETECTED"))
     if config.polarity == "both":
-        negative, _ = _threshold(-significance, seedless, config)
-        grown = _grow(negative > 0, config.grow_psf_sigma * sigma_px)
+        negative = _threshold(-significance, seedless, config)
+        grown = _grow(negative, config.grow_psf_sigma * sigma_px)
         mask[grown] |= np.int32(planes_map.bitmask("DETECTED_NEGATIVE"))
     log.info(
         "detected %d footprints with %d peaks at %.1f sigma", len(footprints), len(peaks),
         config.threshold_sigma,
     )  # fmt: skip
-    del n_pos
     return Detections(
         labels=labels,
         footprints=footprints,
@@ -293,19 +293,17 @@ def detect_sources(exposure: Exposure, config: DetectionConfig | None = None) ->
 
 def _threshold(
     significance: NDArray[np.float32], seedless: NDArray[np.bool_], config: DetectionConfig
-) -> tuple[NDArray[np.int32], int]:
+) -> NDArray[np.bool_]:
+    """Pixels of the above-threshold regions that are big enough and have a seed pixel."""
     above = significance >= config.threshold_sigma
     labels, n = ndimage.label(above, structure=np.ones((3, 3), dtype=bool))
     if n == 0:
-        return labels.astype(np.int32), 0
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    seeds = np.bincount(labels[~seedless], minlength=n + 1)[1:]
-    keep = np.zeros(n + 1, dtype=bool)
-    keep[1:] = (sizes >= config.min_pixels) & (seeds > 0)
-    kept = keep[labels]
-    relabel = np.zeros(n + 1, dtype=np.int32)
-    relabel[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return np.where(kept, relabel[labels], 0).astype(np.int32), int(keep.sum())
+        return above
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    seeds = np.bincount(labels[above & ~seedless], minlength=n + 1)
+    keep = (sizes >= config.min_pixels) & (seeds > 0)
+    keep[0] = False
+    return np.asarray(keep[labels])
 
 
 def _grow(mask: NDArray[np.bool_], radius: float) -> NDArray[np.bool_]:
@@ -367,22 +365,82 @@ def _peak_map(
     yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
     kernel = np.exp(-0.5 * (xx * xx + yy * yy) / sigma**2)
     kernel = (kernel / kernel.sum()).astype(np.float32)
-    smoothed = signal.oaconvolve(data, kernel, mode="same")
-    noise2 = signal.oaconvolve(var, kernel * kernel, mode="same")
-    return (smoothed / np.sqrt(np.maximum(noise2, 1e-30))).astype(np.float32)
+    return _matched_filter(data, var, kernel)
+
+
+def _matched_filter(
+    data: NDArray[np.float32],
+    var: NDArray[np.float32],
+    kernel: NDArray[np.floating],
+    block_rows: int = _BLOCK_ROWS,
+) -> NDArray[np.float32]:
+    """Return ``(data * K) / sqrt(var * K²)`` (convolutions, "same" size, zero outside).
+
+    Overlap-save in strips of ``block_rows`` rows: both convolutions of a strip
+    share its loop, and no full-size smoothed or noise image is ever held, only
+    the float32 result.
+    """
+    ny, nx = data.shape
+    kh, kw = kernel.shape
+    hy, hx = kh // 2, kw // 2
+    block = max(1, min(block_rows, ny))
+    shape = (
+        fft.next_fast_len(block + 2 * hy, real=True),
+        fft.next_fast_len(nx + 2 * hx, real=True),
+    )
+    k32 = np.asarray(kernel, dtype=np.float32)
+    kernel_ft = fft.rfft2(k32, s=shape)
+    kernel2_ft = fft.rfft2(k32 * k32, s=shape)
+    out = np.empty((ny, nx), dtype=np.float32)
+    strip = np.zeros((block + 2 * hy, nx + 2 * hx), dtype=np.float32)
+    for y0 in range(0, ny, block):
+        y1 = min(y0 + block, ny)
+        lo, hi = max(y0 - hy, 0), min(y1 + hy, ny)
+        rows = slice(lo - (y0 - hy), hi - (y0 - hy))
+        # The convolution at strip row r needs rows r-2hy..r: rows below 2hy wrap
+        # around in the circular transform and are not kept.
+        keep = (slice(2 * hy, 2 * hy + y1 - y0), slice(2 * hx, 2 * hx + nx))
+        smoothed_noise = []
+        for plane, transform in ((data, kernel_ft), (var, kernel2_ft)):
+            strip[:] = 0.0
+            strip[rows, hx : hx + nx] = plane[lo:hi]
+            full = fft.irfft2(fft.rfft2(strip, s=shape) * transform, s=shape)
+            smoothed_noise.append(full[keep])
+        smoothed, noise2 = smoothed_noise
+        out[y0:y1] = smoothed / np.sqrt(np.maximum(noise2, np.float32(1e-30)))
+    return out
+
+
+def _smoothed_at(
+    data: NDArray[np.float32],
+    kernel: NDArray[np.floating],
+    ys: NDArray[np.intp],
+    xs: NDArray[np.intp],
+) -> NDArray[np.float64]:
+    """Return ``data`` convolved with ``kernel`` ("same" size, zero outside) at ``(ys, xs)``."""
+    ny, nx = data.shape
+    kh, kw = kernel.shape
+    out = np.zeros(len(ys))
+    for a in range(kh):
+        y = ys + kh // 2 - a
+        for b in range(kw):
+            x = xs + kw // 2 - b
+            inside = (y >= 0) & (y < ny) & (x >= 0) & (x < nx)
+            out[inside] += float(kernel[a, b]) * data[y[inside], x[inside]].astype(np.float64)
+    return out
 
 
 def _footprints(
-    labels0: NDArray[np.int32],
+    above: NDArray[np.bool_],
     significance: NDArray[np.float32],
     detection_significance: NDArray[np.float32],
-    smoothed: NDArray[np.float32],
+    data: NDArray[np.float32],
+    kernel: NDArray[np.floating],
     image: NDArray[np.float32],
     config: DetectionConfig,
     sigma_px: float,
     saturated: NDArray[np.bool_] | None = None,
 ) -> tuple[NDArray[np.int32], Table, Table]:
-    above = labels0 > 0
     grown = _grow(above, config.grow_psf_sigma * sigma_px)
     labels, n = ndimage.label(grown, structure=np.ones((3, 3), dtype=bool))
     labels = labels.astype(np.int32, copy=False)
@@ -443,7 +501,7 @@ def _footprints(
             "x": px.astype(np.int64),
             "y": py.astype(np.int64),
             "significance": detection_significance[py, px].astype(np.float64),
-            "value": smoothed[py, px].astype(np.float64),
+            "value": _smoothed_at(data, kernel, py, px),
         }
     )
     index = np.arange(1, n + 1)
