@@ -36,7 +36,7 @@ from astropy.table import Table
 from numpy.typing import NDArray
 from scipy import optimize
 
-from ._stamps import cutout, fft_shift, good_size
+from ._stamps import cutout, good_size
 from .deblend import Deblended
 from .exposure import Exposure
 from .flags import SourceFlag
@@ -292,7 +292,10 @@ def measure_sources(
         pm = psf_grid(gx, gy)
         if pm is not None:
             out["psf_ixx"][k], out["psf_iyy"][k], out["psf_ixy"][k] = pm[2:]
-        fit = _psf_flux(stamp, var, bad, kernel, cx, cy)
+        # Inverse-variance weights, 0 on bad pixels: shared by the PSF and model fits.
+        w = np.where(bad | ~np.isfinite(var) | ~(var > 0), 0.0, 1.0 / np.where(var > 0, var, 1.0))
+        placer = _Placer(kernel)
+        fit = _psf_flux(stamp, w, placer, cx, cy)
         if fit is None:
             f |= SourceFlag.PSF_FLUX_FAILED
         else:
@@ -303,7 +306,7 @@ def measure_sources(
             # Centred where the PSF fit put the source, so that a star's exponential
             # fit at zero size is exactly its PSF fit.
             mx, my = (fit[2], fit[3]) if fit is not None else (cx, cy)
-            model = _model_flux(stamp, var, bad, kernel, mx, my, shape, pm)
+            model = _model_flux(stamp, w, placer, mx, my, shape, pm)
             if model is None:
                 f |= SourceFlag.MODEL_FLUX_FAILED
             else:
@@ -463,33 +466,65 @@ def _kron(
 
 def _place(kernel: NDArray[np.float64], size: int, cx: float, cy: float) -> NDArray[np.float64]:
     """Put the centred ``kernel`` on a ``size x size`` stamp, centred at ``(cx, cy)``."""
-    out = np.zeros((size, size))
-    ix, iy = int(np.floor(cx + 0.5)), int(np.floor(cy + 0.5))
-    h = kernel.shape[0] // 2
-    pad = (good_size(kernel.shape[0] + 6) - kernel.shape[0]) // 2
-    shifted = fft_shift(np.pad(kernel, pad), cx - ix, cy - iy)[pad:-pad, pad:-pad]
-    _paste(out, shifted, ix - h, iy - h)
-    return out
+    return _Placer(kernel).place(size, cx, cy)
+
+
+class _Placer:
+    """A centred kernel that can be put on stamps at sub-pixel positions.
+
+    The padded kernel's transform is computed once; each placement is then one
+    phase ramp and one inverse transform (a whole-pixel position needs neither).
+    """
+
+    def __init__(self, kernel: NDArray[np.float64]) -> None:
+        self.kernel = kernel
+        self.half = kernel.shape[0] // 2
+        self.pad = (good_size(kernel.shape[0] + 6) - kernel.shape[0]) // 2
+        self.shape = (kernel.shape[0] + 2 * self.pad,) * 2
+        self.transform = np.fft.rfft2(np.pad(kernel, self.pad))
+        ky, kx = _frequencies(self.shape[0])
+        self.ky, self.kx = ky, kx
+
+    def place(self, size: int, cx: float, cy: float) -> NDArray[np.float64]:
+        """Return the kernel on a ``size x size`` stamp, centred at ``(cx, cy)``."""
+        out = np.zeros((size, size))
+        ix, iy = int(np.floor(cx + 0.5)), int(np.floor(cy + 0.5))
+        dx, dy = cx - ix, cy - iy
+        if dx == 0.0 and dy == 0.0:
+            shifted = self.kernel
+        else:
+            phase = np.exp(-1j * (self.kx * dx + self.ky * dy))
+            pad = self.pad
+            shifted = np.fft.irfft2(self.transform * phase, s=self.shape)[pad:-pad, pad:-pad]
+        _paste(out, shifted, ix - self.half, iy - self.half)
+        return out
+
+
+@functools.lru_cache(maxsize=64)
+def _frequencies(size: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Angular wavenumbers ``(ky, kx)`` (rad/px) of a ``size x size`` real transform."""
+    ky = np.fft.fftfreq(size)[:, None] * 2 * np.pi
+    kx = np.fft.rfftfreq(size)[None, :] * 2 * np.pi
+    return np.asarray(ky, dtype=np.float64), np.asarray(kx, dtype=np.float64)
 
 
 def _psf_flux(
     stamp: NDArray[np.float64],
-    var: NDArray[np.float64],
-    bad: NDArray[np.bool_],
-    kernel: NDArray[np.float64],
+    w: NDArray[np.float64],
+    placer: _Placer,
     cx: float,
     cy: float,
 ) -> tuple[float, float, float, float, float, float] | None:
     size = stamp.shape[0]
-    w = np.where(bad | ~np.isfinite(var) | ~(var > 0), 0.0, 1.0 / np.where(var > 0, var, 1.0))
+    kernel = placer.kernel
     for _ in range(_PSF_FIT_ITERATIONS):
-        model = _place(kernel, size, cx, cy)
+        model = placer.place(size, cx, cy)
         support = model != 0
-        gy, gx = np.asarray(np.gradient(model))
+        gy, gx = _gradient(model)
         design = np.stack([model[support], -gx[support], -gy[support]], axis=1)
         ws = w[support]
         normal = design.T @ (design * ws[:, None])
-        if not np.all(np.isfinite(normal)) or np.linalg.cond(normal) > 1e12:
+        if not np.all(np.isfinite(normal)) or _condition(normal) > 1e12:
             break
         sol = np.linalg.solve(normal, design.T @ (ws * stamp[support]))
         if sol[0] <= 0:
@@ -498,15 +533,14 @@ def _psf_flux(
         if np.hypot(dx, dy) > 1.0:
             break
         cx, cy = cx + dx, cy + dy
-    model = _place(kernel, size, cx, cy)
+    model = placer.place(size, cx, cy)
     den = float(np.sum(w * model * model))
     if not den > 0:
         return None
     flux = float(np.sum(w * model * stamp)) / den
     # SExtractor's SPREAD_MODEL: a PSF fit versus a fit of the PSF convolved with
     # an exponential of scale FWHM/16; 0 for point sources, > 0 for resolved ones.
-    ky = np.fft.fftfreq(size)[:, None] * 2 * np.pi
-    kx = np.fft.rfftfreq(size)[None, :] * 2 * np.pi
+    ky, kx = _frequencies(size)
     scale = _spread_scale(kernel)
     broad = np.fft.irfft2(np.fft.rfft2(model) * (1.0 + (kx * kx + ky * ky) * scale**2) ** -1.5,
                           s=(size, size))  # fmt: skip
@@ -524,6 +558,25 @@ def _psf_flux(
     return flux, 1.0 / np.sqrt(den), cx, cy, spread, spread_err
 
 
+def _gradient(image: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``numpy.gradient`` of a 2-d array (central differences, one-sided at the edges), lighter."""
+    gy = np.empty_like(image)
+    gy[1:-1] = (image[2:] - image[:-2]) / 2.0
+    gy[0] = image[1] - image[0]
+    gy[-1] = image[-1] - image[-2]
+    gx = np.empty_like(image)
+    gx[:, 1:-1] = (image[:, 2:] - image[:, :-2]) / 2.0
+    gx[:, 0] = image[:, 1] - image[:, 0]
+    gx[:, -1] = image[:, -1] - image[:, -2]
+    return gy, gx
+
+
+def _condition(matrix: NDArray[np.float64]) -> float:
+    """2-norm condition number (``numpy.linalg.cond`` without its checks)."""
+    singular = np.linalg.svd(matrix, compute_uv=False)
+    return float(singular[0] / singular[-1]) if singular[-1] > 0 else np.inf
+
+
 def _spread_scale(kernel: NDArray[np.float64]) -> float:
     """Scale radius (px) of the exponential of SPREAD_MODEL: FWHM / 16 of the PSF."""
     c = kernel.shape[0] // 2
@@ -535,19 +588,19 @@ def _spread_scale(kernel: NDArray[np.float64]) -> float:
 
 def _model_flux(
     stamp: NDArray[np.float64],
-    var: NDArray[np.float64],
-    bad: NDArray[np.bool_],
-    kernel: NDArray[np.float64],
+    w: NDArray[np.float64],
+    placer: _Placer,
     cx: float,
     cy: float,
     shape: tuple[float, float, float, float, float] | None,
     psf_shape: tuple[float, float, float, float, float] | None,
 ) -> tuple[float, float, float, float] | None:
     size = stamp.shape[0]
-    w = np.where(bad | ~np.isfinite(var) | ~(var > 0), 0.0, 1.0 / np.where(var > 0, var, 1.0))
     if not np.any(w > 0):
         return None
-    psf_ft = np.fft.rfft2(np.fft.ifftshift(_place(kernel, size, size // 2, size // 2)))
+    # The PSF sits at the stamp centre c; the phase ramp moves it (and the profile,
+    # centred on the origin) to (cx, cy) directly, with no fftshift of the results.
+    psf_ft = np.fft.rfft2(placer.place(size, size // 2, size // 2))
     # Deconvolved shape (px²); unresolved sources get a small round guess.
     if shape is not None and psf_shape is not None:
         c = np.array([[shape[2] - psf_shape[2], shape[4] - psf_shape[4]],
@@ -560,8 +613,7 @@ def _model_flux(
     det = float(np.linalg.det(c))
     unit = c / np.sqrt(det)  # shape matrix of determinant 1
     hlr0 = 1.2 * det**0.25
-    ky = np.fft.fftfreq(size)[:, None] * 2 * np.pi
-    kx = np.fft.rfftfreq(size)[None, :] * 2 * np.pi
+    ky, kx = _frequencies(size)
     kk = np.sqrt(unit[0, 0] * kx * kx + 2 * unit[0, 1] * kx * ky + unit[1, 1] * ky * ky)
     phase = np.exp(-1j * (kx * (cx - size // 2) + ky * (cy - size // 2)))
     best: dict[str, tuple[float, NDArray[np.float64], float]] = {}
@@ -569,7 +621,6 @@ def _model_flux(
     for kind in ("exp", "dev"):
         # All sizes at once: one batched inverse FFT.
         models = np.fft.irfft2(_profile_ft(kind, q) * (psf_ft * phase)[None], s=(size, size))
-        models = np.fft.fftshift(models, axes=(1, 2))
         den = np.einsum("yx,syx,syx->s", w, models, models)
         num = np.einsum("yx,syx,yx->s", w, models, stamp)
         valid = den > 0
