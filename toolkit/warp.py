@@ -22,12 +22,19 @@ are OR'ed into the output pixel (the mask grows by the kernel's core). Output
 pixels whose input position falls outside the input are ``NO_DATA``; pixels
 whose kernel reaches beyond the sensor get ``SENSOR_EDGE``.
 
+Only the box of the target grid that the input's outline maps into is resampled
+(the rest is ``NO_DATA``), so the work follows the input's area, not the grid's.
+There, each output pixel is one row of a sparse matrix over the input pixels holding
+its ``(2a)**2`` kernel weights (tabulated every 1/4096 px and interpolated), and the
+sums above are sparse matrix-vector products.
+
 The PSF is carried as a :class:`WarpedPsf`: the input model's stamp at the
 matching input position, transformed through the local Jacobian with GalSim.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -36,8 +43,10 @@ import numpy as np
 from astropy.wcs import WCS
 from numpy.typing import NDArray
 from scipy.interpolate import RectBivariateSpline
+from scipy.sparse import csr_matrix
 
 from .exposure import Exposure
+from .mask import MaskPlanes
 from .stamp_moments import stamp_moments
 
 __all__ = ["Warp", "WarpConfig", "WarpedPsf", "warp_exposure"]
@@ -96,16 +105,57 @@ class WarpConfig:
 def _lanczos_taps(frac: NDArray[np.float64], order: int) -> NDArray[np.float64]:
     """Lanczos weights of taps ``k = 1 - order .. order`` for offsets ``frac`` in [0, 1).
 
-    ``L(t) = order sin(pi t) sin(pi t / order) / (pi t)**2`` with ``t = frac - k``;
-    ``sin(pi (frac - k)) = (-1)**k sin(pi frac)`` is computed once.
+    ``L(t) = order sin(pi t) sin(pi t / order) / (pi t)**2`` with ``t = frac - k``.
+    Both sines follow from three per-offset values by angle addition,
+    ``sin(pi (frac - k)) = (-1)**k sin(pi frac)`` and
+    ``sin(pi (frac - k) / order) = sin(pi frac / order) cos(pi k / order)
+    - cos(pi frac / order) sin(pi k / order)``, so each output pixel costs three
+    transcendental calls instead of one per tap.
     """
     offsets = np.arange(1 - order, order + 1)
     t = frac[:, None] - offsets[None, :]
+    phase = np.pi * frac / order
+    angle = np.pi * offsets / order
+    sin_t_over_order = np.sin(phase)[:, None] * np.cos(angle) - np.cos(phase)[:, None] * np.sin(
+        angle
+    )
     sign = np.where(offsets % 2 == 0, 1.0, -1.0)
-    numerator = order * (np.sin(np.pi * frac)[:, None] * sign) * np.sin(np.pi * t / order)
+    numerator = (order * np.sin(np.pi * frac))[:, None] * sign * sin_t_over_order
     with np.errstate(divide="ignore", invalid="ignore"):
         out = numerator / (np.pi * t) ** 2
-    return np.asarray(np.where(np.abs(t) < 1e-9, 1.0, out))
+    # frac is in [0, 1): only the k = 0 and k = 1 taps can come near t = 0, where L = 1
+    # (and where the angle addition loses relative precision).
+    for k in (order - 1, order):
+        out[:, k] = np.where(np.abs(t[:, k]) < 1e-9, 1.0, out[:, k])
+    return np.asarray(out)
+
+
+#: Sub-pixel steps per pixel of the tabulated kernel used to warp pixels.
+_TABLE_STEPS = 4096
+
+
+@functools.lru_cache(maxsize=8)
+def _tap_table(order: int) -> NDArray[np.float32]:
+    """Return normalized Lanczos taps at ``frac = q / _TABLE_STEPS``, ``q = 0 .. _TABLE_STEPS``.
+
+    Rows sum to 1, so taps interpolated linearly between two rows sum to 1 as well
+    (flux is conserved exactly); the interpolation error of a tap is below 1e-7.
+    """
+    frac = np.arange(_TABLE_STEPS + 1, dtype=np.float64) / _TABLE_STEPS
+    # frac = 1 is the frac = 0 row shifted by one tap (the last row of the table).
+    taps = _lanczos_taps(np.minimum(frac, 1.0 - 1e-15), order)
+    taps[-1] = np.roll(_lanczos_taps(np.zeros(1), order)[0], 1)
+    return np.asarray(taps / taps.sum(axis=1, keepdims=True), dtype=np.float32)
+
+
+def _table_taps(frac: NDArray[np.float64], order: int) -> NDArray[np.float32]:
+    """Return normalized Lanczos taps for ``frac`` in [0, 1), interpolated in the table."""
+    table = _tap_table(order)
+    position = frac * _TABLE_STEPS
+    q = np.minimum(position.astype(np.int64), _TABLE_STEPS - 1)
+    r = (position - q).astype(np.float32)[:, None]
+    low = table[q]
+    return np.asarray(low + r * (table[q + 1] - low))
 
 
 def _exact_map(
@@ -128,11 +178,23 @@ def _jacobian(input_wcs: WCS, output_wcs: WCS, x: float, y: float) -> NDArray[np
 
 
 class _PixelMap:
-    """Output pixel -> input pixel mapping: exact WCS on a coarse grid, bicubic splines between."""
+    """Output pixel -> input pixel mapping: exact WCS on a coarse grid, bicubic splines between.
 
-    def __init__(self, input_wcs: WCS, output_wcs: WCS, shape: tuple[int, int], step: int) -> None:
+    The grid covers output rows ``y0 .. y0 + ny - 1`` and columns ``x0 .. x0 + nx - 1``
+    (a box of the target grid); positions passed to :meth:`rows` are box-relative.
+    """
+
+    def __init__(
+        self,
+        input_wcs: WCS,
+        output_wcs: WCS,
+        shape: tuple[int, int],
+        step: int,
+        origin: tuple[int, int] = (0, 0),
+    ) -> None:
         ny, nx = shape
         self.input_wcs, self.output_wcs = input_wcs, output_wcs
+        y0, x0 = origin
 
         def axis(n: int) -> NDArray[np.float64]:
             # Cubic splines need >= 4 knots; extend one step past the edges for safety.
@@ -140,8 +202,8 @@ class _PixelMap:
             return np.unique(np.concatenate([np.arange(-s, n + s, s), [n - 1 + s]])).astype(float)
 
         gx, gy = axis(nx), axis(ny)
-        xx, yy = np.meshgrid(gx, gy)
-        xin, yin = self.exact(xx.ravel(), yy.ravel())
+        xx, yy = np.meshgrid(gx + x0, gy + y0)
+        xin, yin = _exact_map(input_wcs, output_wcs, xx.ravel(), yy.ravel())
         if not (np.all(np.isfinite(xin)) and np.all(np.isfinite(yin))):
             msg = (
                 "the input WCS cannot place every point of the target grid (NaN positions); "
@@ -150,23 +212,62 @@ class _PixelMap:
             raise ValueError(msg)
         self.sx = RectBivariateSpline(gy, gx, xin.reshape(xx.shape), kx=3, ky=3)
         self.sy = RectBivariateSpline(gy, gx, yin.reshape(xx.shape), kx=3, ky=3)
-
-    def exact(
-        self, x: NDArray[np.float64], y: NDArray[np.float64]
-    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        return _exact_map(self.input_wcs, self.output_wcs, x, y)
+        # |det J| varies slowly: spline it from the knots rather than evaluating four
+        # derivative splines at every pixel. RectBivariateSpline's first axis is y, so
+        # dx=1 differentiates along y.
+        det = self.sx(gy, gx, dy=1) * self.sy(gy, gx, dx=1) - self.sx(gy, gx, dx=1) * self.sy(
+            gy, gx, dy=1
+        )
+        self.sdet = RectBivariateSpline(gy, gx, np.abs(det), kx=3, ky=3)
 
     def rows(
         self, y0: int, y1: int, nx: int
     ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-        """Input x, y and |det J| for output rows y0..y1-1 (shape (rows, nx))."""
+        """Input x, y and |det J| for box rows y0..y1-1 (shape (rows, nx))."""
         ys, xs = np.arange(y0, y1, dtype=float), np.arange(nx, dtype=float)
-        xin, yin = self.sx(ys, xs), self.sy(ys, xs)
-        det = self.sx(ys, xs, dy=1) * self.sy(ys, xs, dx=1) - self.sx(ys, xs, dx=1) * self.sy(
-            ys, xs, dy=1
-        )
-        # RectBivariateSpline's first axis is y: dx=1 differentiates along y.
-        return xin, yin, np.abs(det)
+        return self.sx(ys, xs), self.sy(ys, xs), self.sdet(ys, xs)
+
+
+def _output_box(
+    input_wcs: WCS, output_wcs: WCS, input_shape: tuple[int, int], shape: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """Box ``(y0, y1, x0, x1)`` of the target grid that can receive data from the input.
+
+    The input's outline (pixel edges, sampled every <= 16 px so distortion bends are
+    followed) is mapped to target pixels; the box is its bounding box grown by 2 px,
+    clipped to the grid (empty when they do not overlap). When the mapping fails
+    anywhere, the whole grid is returned and the per-pixel test decides.
+    """
+    in_ny, in_nx = input_shape
+    ny, nx = shape
+
+    def edge(n: int) -> NDArray[np.float64]:
+        return np.linspace(-0.5, n - 0.5, max(2, int(np.ceil(n / 16)) + 1))
+
+    ex, ey = edge(in_nx), edge(in_ny)
+    xs = np.concatenate([ex, ex, np.full(ey.size, -0.5), np.full(ey.size, in_nx - 0.5)])
+    ys = np.concatenate([np.full(ex.size, -0.5), np.full(ex.size, in_ny - 0.5), ey, ey])
+    with np.errstate(invalid="ignore"):
+        ra, dec = input_wcs.all_pix2world(xs, ys, 0)
+        try:
+            xo, yo = output_wcs.all_world2pix(ra, dec, 0, quiet=True)
+        except Exception:  # any failure of the inverse: no box, test every pixel
+            return 0, ny, 0, nx
+    if not (np.all(np.isfinite(xo)) and np.all(np.isfinite(yo))):
+        return 0, ny, 0, nx
+    # A sky grid folding over (e.g. the input beyond 90 degrees of the tangent point)
+    # maps its outline wrongly; then also test every pixel.
+    back = _exact_map(input_wcs, output_wcs, np.asarray(xo, float), np.asarray(yo, float))
+    if not np.allclose(back[0], xs, atol=0.1) or not np.allclose(back[1], ys, atol=0.1):
+        return 0, ny, 0, nx
+    margin = 2
+    x0 = max(0, int(np.floor(np.min(xo))) - margin)
+    x1 = min(nx, int(np.ceil(np.max(xo))) + margin + 1)
+    y0 = max(0, int(np.floor(np.min(yo))) - margin)
+    y1 = min(ny, int(np.ceil(np.max(yo))) + margin + 1)
+    if x1 <= x0 or y1 <= y0:
+        return 0, 0, 0, 0
+    return y0, y1, x0, x1
 
 
 def _fourier_shift(stamp: NDArray[np.float64], shift: tuple[float, float]) -> NDArray[np.float64]:
@@ -352,6 +453,71 @@ def warp_exposure(
     True
     """
     config = WarpConfig() if config is None else config
+    box = _warp_box(exposure, wcs, shape, config)
+    ny, nx = int(shape[0]), int(shape[1])
+    y0, y1, x0, x1 = box.box
+    out_image = np.zeros((ny, nx), dtype=np.float32)
+    out_var = np.full((ny, nx), np.inf, dtype=np.float32)
+    out_mask = np.full((ny, nx), box.mask_planes.bitmask("NO_DATA"), dtype=np.int32)
+    out_image[y0:y1, x0:x1] = box.image
+    out_var[y0:y1, x0:x1] = box.variance
+    out_mask[y0:y1, x0:x1] = box.mask
+    warped = Exposure(
+        out_image,
+        variance=out_var,
+        mask=out_mask,
+        wcs=wcs,
+        psf=box.psf,
+        zero_point=exposure.zero_point,
+        band=exposure.band,
+        visit=exposure.visit,
+        detector=exposure.detector,
+        mask_planes=box.mask_planes,
+        meta={**exposure.meta, "WARPCOV": box.covariance_factor},
+    )
+    return Warp(warped, box.covariance_factor, box.n_good, config)
+
+
+@dataclass(frozen=True, eq=False)
+class _WarpBox:
+    """A warp held only on the box of the target grid the input can reach (private).
+
+    Outside ``box = (y0, y1, x0, x1)`` the warp is NO_DATA (image 0, variance inf).
+    The coadd keeps warps in this form so that work and scratch space follow the
+    inputs' footprints, not the patch area times the number of inputs.
+    """
+
+    box: tuple[int, int, int, int]
+    image: NDArray[np.float32]
+    variance: NDArray[np.float32]
+    mask: NDArray[np.int32]
+    mask_planes: MaskPlanes
+    covariance_factor: float
+    n_good: int
+    psf: WarpedPsf | None
+
+
+def _window_reach(special: NDArray[np.bool_], taps: int) -> NDArray[np.bool_]:
+    """``out[r, c]``: any of ``special[r : r + taps, c : c + taps]`` (separable box OR)."""
+    h, w = special.shape
+    rows = special[:, : w - taps + 1].copy()
+    for i in range(1, taps):
+        rows |= special[:, i : w - taps + 1 + i]
+    out = rows[: h - taps + 1].copy()
+    for j in range(1, taps):
+        out |= rows[j : h - taps + 1 + j]
+    return out
+
+
+def _warp_box(exposure: Exposure, wcs: WCS, shape: tuple[int, int], config: WarpConfig) -> _WarpBox:
+    """Resample ``exposure`` onto the part of ``(wcs, shape)`` it can reach.
+
+    Each output pixel is one row of a sparse matrix holding its ``(2a)**2`` Lanczos
+    weights over the (padded, flattened) input; the image, weight and variance sums
+    are then sparse matrix-vector products in compiled code. Mask bits are OR'ed
+    tap by tap only for the few pixels whose kernel touches a masked input pixel or
+    the sensor edge.
+    """
     if exposure.wcs is None:
         msg = f"{exposure!r} has no WCS; warping needs one"
         raise ValueError(msg)
@@ -362,121 +528,157 @@ def warp_exposure(
         msg = f"shape must be (ny, nx) with positive sizes, got {shape!r}"
         raise ValueError(msg)
     ny, nx = int(shape[0]), int(shape[1])
-    pixel_map = _PixelMap(exposure.wcs, wcs, (ny, nx), config.grid_step_px)
     planes = exposure.mask_planes
     for name in ("NO_DATA", "SENSOR_EDGE"):
         planes = planes.with_plane(name)
+    no_data_bit = np.int32(planes.bitmask("NO_DATA"))
+    edge_bit = np.int32(planes.bitmask("SENSOR_EDGE"))
+    by0, by1, bx0, bx1 = _output_box(exposure.wcs, wcs, exposure.shape, (ny, nx))
+    bny, bnx = by1 - by0, bx1 - bx0
+    if bny <= 0 or bnx <= 0:
+        _raise_no_overlap(exposure, shape)
+    pixel_map = _PixelMap(exposure.wcs, wcs, (bny, bnx), config.grid_step_px, (by0, bx0))
     bad_bits = exposure.mask_planes.bitmask(
         *[p for p in config.bad_mask_planes if p in exposure.mask_planes]
     )
     a = config.lanczos_order
+    taps = 2 * a
     pad = a + 1
     in_ny, in_nx = exposure.shape
+    width = in_nx + 2 * pad
+    size = (in_ny + 2 * pad) * width
     good_in = (exposure.mask & bad_bits) == 0
     good_in &= np.isfinite(exposure.image) & np.isfinite(exposure.variance)
-    # Padded copies with bad pixels zeroed, so each tap is one gather without bounds checks.
-    width = in_nx + 2 * pad
-    # Image, variance and a usable flag side by side: one gather fetches all three.
-    planes3 = np.zeros((in_ny + 2 * pad, width, 3), dtype=np.float32)
-    planes3[pad:-pad, pad:-pad, 0] = np.where(good_in, exposure.image, 0.0)
-    planes3[pad:-pad, pad:-pad, 1] = np.where(good_in, exposure.variance, 0.0)
-    planes3[pad:-pad, pad:-pad, 2] = good_in
-    packed = planes3.reshape(-1, 3)
-    mask_p = np.pad(exposure.mask, pad).ravel()
-    inside_p = np.pad(np.ones(exposure.shape, dtype=bool), pad).ravel()
 
-    out_image = np.zeros((ny, nx), dtype=np.float32)
-    out_var = np.zeros((ny, nx), dtype=np.float32)
-    out_mask = np.zeros((ny, nx), dtype=np.int32)
-    no_data_bit = np.int32(planes.bitmask("NO_DATA"))
-    edge_bit = np.int32(planes.bitmask("SENSOR_EDGE"))
+    def padded(values: NDArray[Any] | bool, dtype: Any) -> NDArray[Any]:
+        out = np.zeros((in_ny + 2 * pad, width), dtype=dtype)
+        out[pad:-pad, pad:-pad] = values
+        return out.ravel()
+
+    # Bad pixels are zeroed in the image and variance and flagged 0 in the usable
+    # plane, so each sum leaves them out and the usable sum renormalizes.
+    image_p = padded(np.where(good_in, exposure.image, 0.0), np.float32)
+    var_p = padded(np.where(good_in, exposure.variance, 0.0), np.float32)
+    good_p = padded(good_in, np.float32)
+    mask_p = padded(exposure.mask, np.int32)
+    inside_p = padded(True, bool)
+    # Kernels whose window touches a masked pixel or the padding need the tap-by-tap
+    # mask pass; indexed by the window's first row and column.
+    reach = _window_reach(((mask_p != 0) | ~inside_p).reshape(-1, width), taps)
+    start_offset = pad - a + 1  # window start = floor(position) + this, in padded pixels
+    index_dtype = np.int32 if size < 2**31 - 1 else np.int64
+    grid = np.arange(taps)[:, None] * width + np.arange(taps)[None, :]
+    tap_offsets: NDArray[np.integer] = grid.ravel().astype(index_dtype)
     remap = planes != exposure.mask_planes
-    offsets = np.arange(-a + 1, a + 1)
+    threshold = config.mask_weight_threshold
+
+    out_image = np.zeros((bny, bnx), dtype=np.float32)
+    out_var = np.full((bny, bnx), np.inf, dtype=np.float32)
+    out_mask = np.full((bny, bnx), no_data_bit, dtype=np.int32)
     sum_corr, sum_var = 0.0, 0.0
-    for y0 in range(0, ny, config.chunk_rows):
-        y1 = min(y0 + config.chunk_rows, ny)
-        xin, yin, det = (v.ravel() for v in pixel_map.rows(y0, y1, nx))
+    for r0 in range(0, bny, config.chunk_rows):
+        r1 = min(r0 + config.chunk_rows, bny)
+        xin, yin, det = (v.ravel() for v in pixel_map.rows(r0, r1, bnx))
         inside = (xin >= -0.5) & (xin <= in_nx - 0.5) & (yin >= -0.5) & (yin <= in_ny - 0.5)
-        xc = np.where(inside, xin, 0.0)
-        yc = np.where(inside, yin, 0.0)
-        ix, iy = np.floor(xc).astype(np.int64), np.floor(yc).astype(np.int64)
-        # float32 taps and accumulators: 36-term sums lose nothing at float32
-        # precision and halve the memory traffic of the inner loop.
-        wx = _lanczos_taps(xc - ix, a)
-        wy = _lanczos_taps(yc - iy, a)
-        wx = (wx / wx.sum(axis=1, keepdims=True)).astype(np.float32)
-        wy = (wy / wy.sum(axis=1, keepdims=True)).astype(np.float32)
-        base = (iy + pad) * width + (ix + pad)
-        acc_i = np.zeros(base.size, dtype=np.float32)
-        acc_w = np.zeros(base.size, dtype=np.float32)
-        acc_v = np.zeros(base.size, dtype=np.float32)
-        acc_wv = np.zeros(base.size, dtype=np.float32)
-        mask = np.zeros(base.size, dtype=np.int32)
-        off_sensor = np.zeros(base.size, dtype=bool)
-        # Lanczos lobes beyond |t| = 2 stay below ~0.03, so outer taps rarely pass
-        # the mask threshold: test each tap row/column once per chunk.
-        wx_max = np.abs(wx).max(axis=0)
-        wy_max = np.abs(wy).max(axis=0)
-        for j, ky in enumerate(offsets):
-            for i, kx in enumerate(offsets):
-                w = wy[:, j] * wx[:, i]
-                index = base + (ky * width + kx)
-                values = packed[index]
-                wg = w * values[:, 2]
-                acc_i += wg * values[:, 0]
-                acc_w += wg
-                wv = wg * values[:, 1]
-                acc_v += wg * wv
-                acc_wv += wv
-                if wy_max[j] * wx_max[i] > config.mask_weight_threshold:
-                    strong = np.abs(w) > config.mask_weight_threshold
-                    mask |= np.where(strong, mask_p[index], 0)
-                    off_sensor |= strong & ~inside_p[index]
+        sel = np.flatnonzero(inside)
+        if sel.size == 0:
+            continue
+        xs, ys = xin[sel], yin[sel]
+        ix, iy = np.floor(xs).astype(np.int64), np.floor(ys).astype(np.int64)
+        wx = _table_taps(xs - ix, a)
+        wy = _table_taps(ys - iy, a)
+        starts: NDArray[np.integer] = ((iy + start_offset) * width + (ix + start_offset)).astype(
+            index_dtype
+        )
+        m = sel.size
+        weights = (wy[:, :, None] * wx[:, None, :]).reshape(-1)
+        indices = (starts[:, None] + tap_offsets[None, :]).reshape(-1)
+        indptr = np.arange(0, m * taps * taps + 1, taps * taps, dtype=index_dtype)
+        kernel = csr_matrix((weights, indices, indptr), shape=(m, size))
+        acc_i = kernel @ image_p
+        acc_w = kernel @ good_p
+        acc_wv = kernel @ var_p
+        acc_v = csr_matrix((weights * weights, indices, indptr), shape=(m, size)) @ var_p
+        del kernel, weights, indices
+        det_s = det[sel]
         with np.errstate(divide="ignore", invalid="ignore"):
-            value = acc_i / acc_w * det
-            variance = acc_v / acc_w**2 * det**2
-            mean_var = acc_wv / acc_w * det
-        usable = inside & (acc_w >= config.min_good_weight) & np.isfinite(value)
+            value = acc_i / acc_w * det_s
+            variance = acc_v / acc_w**2 * det_s**2
+            mean_var = acc_wv / acc_w * det_s
+        usable = (acc_w >= config.min_good_weight) & np.isfinite(value)
+        mask = np.zeros(m, dtype=np.int32)
+        special = np.flatnonzero(reach[iy + start_offset, ix + start_offset])
+        if special.size:
+            mask[special] = _tap_mask(
+                wx[special], wy[special], starts[special], tap_offsets, mask_p, inside_p,
+                threshold, edge_bit,
+            )  # fmt: skip
         if remap:
-            mask = exposure.mask_planes.remap(mask, planes)
-        mask[off_sensor & inside] |= edge_bit
+            edge = (mask & edge_bit) != 0
+            mask = exposure.mask_planes.remap(mask & ~edge_bit, planes)
+            mask[edge] |= edge_bit
         mask[~usable] |= no_data_bit
-        rows = slice(y0, y1)
-        out_image[rows] = np.where(usable, value, 0.0).reshape(y1 - y0, nx)
-        out_var[rows] = np.where(usable, variance, np.inf).reshape(y1 - y0, nx)
-        out_mask[rows] = mask.reshape(y1 - y0, nx)
+        rows = slice(r0, r1)
+        out_image[rows].ravel()[sel] = np.where(usable, value, 0.0)
+        out_var[rows].ravel()[sel] = np.where(usable, variance, np.inf)
+        out_mask[rows].ravel()[sel] = mask
         # Noise of a large sum: det * (input variance) per output pixel, against the
         # per-pixel variance the plane holds.
         clean = usable & (acc_w > 0.999)
-        sum_corr += float(np.sum(mean_var[clean]))
-        sum_var += float(np.sum(variance[clean]))
+        sum_corr += float(np.sum(mean_var[clean], dtype=np.float64))
+        sum_var += float(np.sum(variance[clean], dtype=np.float64))
     n_good = int(np.sum((out_mask & no_data_bit) == 0))
     if n_good == 0:
-        msg = (
-            f"{exposure!r} does not overlap the target grid of shape {shape}; "
-            "choose a patch that the exposure covers (skymap.patches_overlapping)"
-        )
-        raise ValueError(msg)
+        _raise_no_overlap(exposure, shape)
     covariance_factor = sum_corr / sum_var if sum_var > 0 else 1.0
     psf = (
         WarpedPsf(exposure.psf, exposure.wcs, wcs, config.lanczos_order)
         if exposure.psf is not None
         else None
     )
-    warped = Exposure(
-        out_image,
-        variance=out_var,
-        mask=out_mask,
-        wcs=wcs,
-        psf=psf,
-        zero_point=exposure.zero_point,
-        band=exposure.band,
-        visit=exposure.visit,
-        detector=exposure.detector,
-        mask_planes=planes,
-        meta={**exposure.meta, "WARPCOV": covariance_factor},
-    )
     log.debug(
-        "warped %r: %d good pixels, covariance factor %.3f", exposure, n_good, covariance_factor
+        "warped %r onto box %s: %d good pixels, covariance factor %.3f",
+        exposure, (by0, by1, bx0, bx1), n_good, covariance_factor,
+    )  # fmt: skip
+    return _WarpBox(
+        (by0, by1, bx0, bx1), out_image, out_var, out_mask, planes, float(covariance_factor),
+        n_good, psf,
+    )  # fmt: skip
+
+
+def _tap_mask(
+    wx: NDArray[np.float32],
+    wy: NDArray[np.float32],
+    starts: NDArray[np.integer],
+    tap_offsets: NDArray[np.integer],
+    mask_p: NDArray[np.int32],
+    inside_p: NDArray[np.bool_],
+    threshold: float,
+    edge_bit: np.int32,
+) -> NDArray[np.int32]:
+    """OR of the mask bits under the taps heavier than ``threshold``; ``edge_bit`` off-sensor."""
+    taps = wx.shape[1]
+    mask = np.zeros(len(starts), dtype=np.int32)
+    off_sensor = np.zeros(len(starts), dtype=bool)
+    # Lanczos lobes beyond |t| = 2 stay below ~0.03, so outer taps rarely pass the
+    # threshold: test each tap row/column once.
+    wx_max = np.abs(wx).max(axis=0)
+    wy_max = np.abs(wy).max(axis=0)
+    for j in range(taps):
+        for i in range(taps):
+            if wy_max[j] * wx_max[i] <= threshold:
+                continue
+            strong = np.abs(wy[:, j] * wx[:, i]) > threshold
+            index = starts + tap_offsets[j * taps + i]
+            mask |= np.where(strong, mask_p[index], 0)
+            off_sensor |= strong & ~inside_p[index]
+    mask[off_sensor] |= edge_bit
+    return mask
+
+
+def _raise_no_overlap(exposure: Exposure, shape: tuple[int, int]) -> None:
+    msg = (
+        f"{exposure!r} does not overlap the target grid of shape {shape}; "
+        "choose a patch that the exposure covers (skymap.patches_overlapping)"
     )
-    return Warp(warped, float(covariance_factor), n_good, config)
+    raise ValueError(msg)

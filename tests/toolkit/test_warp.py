@@ -173,3 +173,34 @@ def test_warped_psf_matches_stars_on_the_warp(visits, patch) -> None:
     assert len(d_t) >= 5
     assert abs(np.median(d_t)) < 0.003
     assert abs(np.median(d_e)) < 0.003
+
+
+def test_tabulated_kernel_is_the_normalized_lanczos_kernel() -> None:
+    from stacklab.toolkit.warp import _lanczos_taps, _table_taps
+
+    frac = np.concatenate([[0.0, 0.5, 1 - 1e-12], np.random.default_rng(5).random(5000)])
+    for order in (2, 3, 5):
+        exact = _lanczos_taps(frac, order)
+        exact /= exact.sum(axis=1, keepdims=True)
+        table = _table_taps(frac, order)
+        assert np.abs(table - exact).max() < 3e-7
+        assert np.abs(table.sum(axis=1) - 1).max() < 1e-6
+    assert np.array_equal(_table_taps(np.zeros(1), 3)[0], [0, 0, 1, 0, 0, 0])
+
+
+def test_a_wide_grid_holds_the_same_pixels_as_a_tight_one(visits, patch) -> None:
+    # Only the box the input reaches is resampled: a grid four times wider, with the
+    # patch in its middle, must hold the same pixels there and NO_DATA elsewhere.
+    exp = visits[0].exposure
+    ny, nx = patch.shape
+    wide = patch.wcs.deepcopy()
+    wide.wcs.crpix = [patch.wcs.wcs.crpix[0] + nx, patch.wcs.wcs.crpix[1] + ny]
+    wide.wcs.set()
+    tight = warp_exposure(exp, patch.wcs, patch.shape).exposure
+    big = warp_exposure(exp, wide, (3 * ny, 3 * nx)).exposure
+    middle = (slice(ny, 2 * ny), slice(nx, 2 * nx))
+    assert np.allclose(big.image[middle], tight.image, rtol=1e-6, atol=1e-4)
+    assert np.array_equal(big.mask[middle], tight.mask)
+    outside = np.ones(big.shape, dtype=bool)
+    outside[middle] = False
+    assert np.all(big.plane("NO_DATA")[outside])
