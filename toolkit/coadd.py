@@ -25,8 +25,10 @@ with ``statistic``:
 Rejected inputs get the CLIPPED plane in their warp; the coadd's CLIPPED plane
 marks pixels where any input was rejected, NO_DATA where none is left (never
 NaN), and INEXACT_PSF where an input was clipped or reached a sensor edge.
-Inputs are warped one at a time to scratch files and combined in row chunks,
-so memory is bounded by the patch size, not by the number of inputs.
+Inputs are warped one at a time, each only on the box of the patch it reaches,
+to scratch files, and combined in row chunks: the mean adds one input's box at a
+time, the clipping statistics stack at most ``2**21`` values (inputs x rows x
+columns) at once. Memory is bounded by the patch size, not by the number of inputs.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from numpy.typing import NDArray
 
 from .coadd_psf import CoaddPsf
 from .coadd_stack import (
+    _chunk_rows,
     _clipped_mean_of,
     _combine,
     _DiskStack,
@@ -58,7 +61,7 @@ from .mask import MaskPlanes
 from .psf_match import PsfMatchConfig, TargetPsf, match_to_target
 from .safe_clip import SafeClipConfig, _detect_on_warp
 from .skymap import Patch, patch_covering
-from .warp import WarpConfig, warp_exposure
+from .warp import WarpConfig, _warp_box
 
 __all__ = ["Coadd", "CoaddConfig", "NoOverlapError", "coadd"]
 
@@ -99,7 +102,8 @@ class CoaddConfig:
         A rejected plane (of ``bad_mask_planes``) is set on the coadd pixel when
         the inputs having it carry more than this fraction of the weight.
     chunk_rows : int
-        Coadd rows combined at a time.
+        Coadd rows combined at a time (at most: the clipping statistics take fewer
+        when the stacked chunk would hold more than ``2**21`` values).
     require_psf : bool
         Refuse inputs without a PSF model (else the coadd has no PSF).
     keep_warps : bool
@@ -296,6 +300,25 @@ def _psf_sigma(
     return float(np.mean(sizes)) if sizes else 2.0
 
 
+def _on_patch(
+    image: NDArray[np.float32],
+    variance: NDArray[np.float32],
+    mask: NDArray[np.int32],
+    box: tuple[int, int, int, int],
+    shape: tuple[int, int],
+    planes: MaskPlanes,
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.int32]]:
+    """Place a warp's box planes on the whole patch grid (NO_DATA outside the box)."""
+    y0, y1, x0, x1 = box
+    out_image = np.zeros(shape, dtype=np.float32)
+    out_var = np.full(shape, np.inf, dtype=np.float32)
+    out_mask = np.full(shape, planes.bitmask("NO_DATA"), dtype=np.int32)
+    out_image[y0:y1, x0:x1] = image
+    out_var[y0:y1, x0:x1] = variance
+    out_mask[y0:y1, x0:x1] = mask
+    return out_image, out_var, out_mask
+
+
 def coadd(
     exposures: Sequence[Exposure],
     patch: Patch | None = None,
@@ -362,24 +385,24 @@ def coadd(
     target = _target_psf(exposures, config.psf_match) if config.psf_match is not None else None
 
     with tempfile.TemporaryDirectory(prefix="stacklab-coadd-", dir=config.scratch_dir) as tmp:
-        stack = _DiskStack(tmp, shape)
+        stack = _DiskStack(tmp, shape, planes.bitmask("NO_DATA"))
         weights, scales, factors, visits, psfs, skipped = [], [], [], [], [], []
         for exposure in exposures:
             try:
-                warp = warp_exposure(exposure, wcs, shape, config.warp)
+                warp = _warp_box(exposure, wcs, shape, config.warp)
             except ValueError as err:
                 if "does not overlap" not in str(err):
                     raise
                 skipped.append(f"visit {exposure.visit}: no overlap with patch {patch.name}")
                 log.warning("skipping visit %s: it does not overlap the patch", exposure.visit)
                 continue
-            w_exp = warp.exposure
+            box = warp.box
             scale = 1.0
-            if zero_point is not None and w_exp.zero_point is not None:
-                scale = float(10.0 ** (0.4 * (zero_point - w_exp.zero_point)))
-            image = w_exp.image * np.float32(scale)
-            variance = w_exp.variance * np.float32(scale**2)
-            mask = w_exp.mask_planes.remap(w_exp.mask, planes)
+            if zero_point is not None and exposure.zero_point is not None:
+                scale = float(10.0 ** (0.4 * (zero_point - exposure.zero_point)))
+            image = warp.image * np.float32(scale)
+            variance = warp.variance * np.float32(scale**2)
+            mask = warp.mask_planes.remap(warp.mask, planes)
             good = (mask & bad_bits) == 0
             mean_var = _clipped_mean_of(
                 variance[good].astype(np.float64), config.weight_sigma_clip, 2
@@ -389,33 +412,39 @@ def coadd(
                 log.warning("skipping visit %s: no usable pixels on the patch", exposure.visit)
                 continue
             factor = warp.covariance_factor if config.use_covariance_factor else 1.0
+            psf: Any = warp.psf
             if target is not None and config.psf_match is not None:
-                matched = match_to_target(
-                    w_exp.replace(image=image, variance=variance, mask=mask, mask_planes=planes),
-                    target, bad_bits, config.psf_match,
+                # Matching kernels are fitted on a mesh over the whole patch: match the
+                # warp on the patch grid.
+                image, variance, mask = _on_patch(image, variance, mask, box, shape, planes)
+                box = (0, shape[0], 0, shape[1])
+                carrier = Exposure(
+                    image, variance=variance, mask=mask, wcs=wcs, psf=psf,
+                    zero_point=exposure.zero_point, band=exposure.band, visit=exposure.visit,
+                    mask_planes=planes,
                 )  # fmt: skip
+                matched = match_to_target(carrier, target, bad_bits, config.psf_match)
                 image, variance, mask = matched.image, matched.variance, matched.mask
-                w_exp = w_exp.replace(psf=target)
+                psf = target
                 good = (mask & bad_bits) == 0
             if safe and not np.any(mask & det_bits):
-                sigma = (
-                    _psf_sigma([w_exp.psf], shape, _covered_position(good))
-                    if w_exp.psf is not None
-                    else 2.0
-                )
+                position = _covered_position(good)
+                if position is not None:
+                    position = (position[0] + box[2], position[1] + box[0])
+                sigma = _psf_sigma([psf], shape, position) if psf is not None else 2.0
                 positive, negative = _detect_on_warp(
                     image, variance, good,
                     psf_sigma_px=sigma, threshold_sigma=config.safe_clip.warp_threshold_sigma,
                 )  # fmt: skip
                 mask[positive] |= np.int32(planes.bitmask("DETECTED"))
                 mask[negative] |= np.int32(planes.bitmask("DETECTED_NEGATIVE"))
-            stack.append(image, variance, mask)
+            stack.append(image, variance, mask, box)
             weights.append(1.0 / (mean_var * factor))
             scales.append(scale)
             factors.append(warp.covariance_factor)
             visits.append(exposure.visit)
-            psfs.append(w_exp.psf)
-            del warp, w_exp, image, variance, mask, good
+            psfs.append(psf)
+            del warp, image, variance, mask, good
         if stack.n == 0:
             msg = (
                 f"no input overlaps patch {patch.name} ({'; '.join(skipped)}); "
@@ -510,54 +539,160 @@ def _assemble(
     out_mask = np.zeros((ny, nx), dtype=np.int32)
     n_inputs = np.zeros((ny, nx), dtype=np.int16)
     contributors = np.zeros((ny, nx), dtype=np.int64)
-    clip_bit = np.int32(planes.bitmask("CLIPPED"))
-    no_data_bit = np.int32(planes.bitmask("NO_DATA"))
-    inexact = np.int32(planes.bitmask("INEXACT_PSF"))
-    edge = np.int32(planes.bitmask("SENSOR_EDGE"))
-    never = planes.bitmask(*[p for p in _NEVER_PROPAGATED if p in planes])
     region_based = config.statistic in ("safe_clip", "compare_warp")
     statistic = "mean" if region_based else config.statistic
-    combine_bad = bad_bits | (int(clip_bit) if region_based else 0)
+    combine_bad = bad_bits | (planes.bitmask("CLIPPED") if region_based else 0)
+    # The mean needs one input at a time (memory independent of their number, and
+    # only each input's box is touched); the clipping statistics need the stack.
+    chunk = _assemble_mean_chunk if statistic == "mean" else _assemble_stack_chunk
+    step = config.chunk_rows if statistic == "mean" else _chunk_rows(config.chunk_rows, stack.n, nx)
     n_all_clipped = 0
-    w = weights[:, None, None]
-    for y0 in range(0, ny, config.chunk_rows):
-        y1 = min(y0 + config.chunk_rows, ny)
-        data, var, usable = _read_chunk(stack, y0, y1, combine_bad)
-        masks = np.stack([stack.rows("mask", i, y0, y1) for i in range(stack.n)])
-        has_data = (masks & no_data_bit) == 0
-        value, value_var, used = _combine(
-            data, var, usable, weights, statistic, config.sigma_clip, config.clip_iterations
-        )
-        rejected = has_data & ~used
-        clipped_here = np.any(rejected & ((masks & (bad_bits & ~no_data_bit)) == 0), axis=0)
-        if config.statistic == "clipped_mean":
-            for i in range(stack.n):
-                newly = rejected[i] & usable[i]
-                if newly.any():
-                    m = masks[i].copy()
-                    m[newly] |= clip_bit
-                    stack.write_rows("mask", i, y0, m)
-        any_used = used.any(axis=0)
-        n_all_clipped += int(np.sum(usable.any(axis=0) & ~any_used))
-        mask = np.bitwise_or.reduce(np.where(used, masks, 0), axis=0) & ~np.int32(never)
-        wsum_data = np.sum(np.where(has_data, w, 0.0), axis=0)
-        for name, threshold in config.mask_propagation_thresholds.items():
-            if name not in planes:
-                continue
-            bit = np.int32(planes.bitmask(name))
-            with np.errstate(invalid="ignore", divide="ignore"):
-                fraction = (
-                    np.sum(np.where(has_data & ((masks & bit) != 0), w, 0.0), axis=0) / wsum_data
-                )
-            mask[fraction > threshold] |= bit
-        mask[clipped_here] |= clip_bit
-        mask[(mask & (clip_bit | edge)) != 0] |= inexact
-        mask[~any_used] |= no_data_bit
+    for y0 in range(0, ny, step):
+        y1 = min(y0 + step, ny)
         rows = slice(y0, y1)
+        found = chunk(stack, weights, planes, bad_bits, combine_bad, y0, y1, config)
+        value, value_var, mask, count, bits, n_clipped = found
+        any_used = count > 0
         image[rows] = np.where(any_used, value, 0.0)
         variance[rows] = np.where(any_used, value_var, np.inf)
         out_mask[rows] = mask
-        n_inputs[rows] = used.sum(axis=0)
-        bits = np.left_shift(np.int64(1), np.arange(stack.n, dtype=np.int64))[:, None, None]
-        contributors[rows] = np.sum(np.where(used, bits, 0), axis=0)
+        n_inputs[rows] = count
+        contributors[rows] = bits
+        n_all_clipped += n_clipped
     return image, variance, out_mask, n_inputs, contributors, n_all_clipped
+
+
+_Chunk = tuple[
+    NDArray[np.float64], NDArray[np.float64], NDArray[np.int32], NDArray[np.int16],
+    NDArray[np.int64], int,
+]  # fmt: skip
+
+
+def _finish_mask(
+    mask: NDArray[np.int32],
+    any_used: NDArray[np.bool_],
+    clipped_here: NDArray[np.bool_],
+    wsum_data: NDArray[np.float64],
+    wsum_planes: Mapping[int, NDArray[np.float64]],
+    thresholds: Mapping[int, float],
+    planes: MaskPlanes,
+) -> NDArray[np.int32]:
+    """Coadd mask of a chunk from the OR of the used inputs' masks and the propagation sums."""
+    clip_bit = np.int32(planes.bitmask("CLIPPED"))
+    inexact = np.int32(planes.bitmask("INEXACT_PSF"))
+    edge = np.int32(planes.bitmask("SENSOR_EDGE"))
+    never = planes.bitmask(*[p for p in _NEVER_PROPAGATED if p in planes])
+    mask = mask & ~np.int32(never)
+    for bit, threshold in thresholds.items():
+        with np.errstate(invalid="ignore", divide="ignore"):
+            fraction = wsum_planes[bit] / wsum_data
+        mask[fraction > threshold] |= np.int32(bit)
+    mask[clipped_here] |= clip_bit
+    mask[(mask & (clip_bit | edge)) != 0] |= inexact
+    mask[~any_used] |= np.int32(planes.bitmask("NO_DATA"))
+    return mask
+
+
+def _propagated_bits(planes: MaskPlanes, config: CoaddConfig) -> dict[int, float]:
+    return {
+        planes.bitmask(name): threshold
+        for name, threshold in config.mask_propagation_thresholds.items()
+        if name in planes
+    }
+
+
+def _assemble_mean_chunk(
+    stack: _DiskStack,
+    weights: NDArray[np.float64],
+    planes: MaskPlanes,
+    bad_bits: int,
+    combine_bad: int,
+    y0: int,
+    y1: int,
+    config: CoaddConfig,
+) -> _Chunk:
+    """Weighted mean of coadd rows ``y0..y1-1``, adding one input's box at a time."""
+    shape = (y1 - y0, stack.shape[1])
+    no_data_bit = planes.bitmask("NO_DATA")
+    thresholds = _propagated_bits(planes, config)
+    wsum = np.zeros(shape)
+    wdata = np.zeros(shape)
+    w2var = np.zeros(shape)
+    wsum_data = np.zeros(shape)
+    wsum_planes = {bit: np.zeros(shape) for bit in thresholds}
+    mask = np.zeros(shape, dtype=np.int32)
+    count = np.zeros(shape, dtype=np.int16)
+    bits = np.zeros(shape, dtype=np.int64)
+    clipped_here = np.zeros(shape, dtype=bool)
+    # Rejected for something other than a bad plane (a CLIPPED region or a non-finite value).
+    bad_but_no_data = np.int32(bad_bits & ~no_data_bit)
+    for i in range(stack.n):
+        found = stack.segment("image", i, y0, y1)
+        if found is None:
+            continue
+        data, at = found
+        var = stack.segment("variance", i, y0, y1)[0]  # type: ignore[index]
+        m = stack.segment("mask", i, y0, y1)[0]  # type: ignore[index]
+        w = float(weights[i])
+        has_data = (m & np.int32(no_data_bit)) == 0
+        used = ((m & np.int32(combine_bad)) == 0) & np.isfinite(data) & np.isfinite(var)
+        wsum[at] += np.where(used, w, 0.0)
+        wdata[at] += np.where(used, w * data.astype(np.float64), 0.0)
+        w2var[at] += np.where(used, (w * w) * var.astype(np.float64), 0.0)
+        mask[at] |= np.where(used, m, 0)
+        count[at] += used
+        bits[at] |= np.where(used, np.int64(1) << np.int64(i), np.int64(0))
+        wsum_data[at] += np.where(has_data, w, 0.0)
+        for bit, total in wsum_planes.items():
+            total[at] += np.where(has_data & ((m & np.int32(bit)) != 0), w, 0.0)
+        clipped_here[at] |= has_data & ~used & ((m & bad_but_no_data) == 0)
+    any_used = count > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = wdata / wsum
+        value_var = w2var / wsum**2
+    mask = _finish_mask(mask, any_used, clipped_here, wsum_data, wsum_planes, thresholds, planes)
+    return value, value_var, mask, count, bits, 0
+
+
+def _assemble_stack_chunk(
+    stack: _DiskStack,
+    weights: NDArray[np.float64],
+    planes: MaskPlanes,
+    bad_bits: int,
+    combine_bad: int,
+    y0: int,
+    y1: int,
+    config: CoaddConfig,
+) -> _Chunk:
+    """Clipped mean or median of coadd rows ``y0..y1-1`` from the stacked inputs."""
+    clip_bit = np.int32(planes.bitmask("CLIPPED"))
+    no_data_bit = np.int32(planes.bitmask("NO_DATA"))
+    thresholds = _propagated_bits(planes, config)
+    w = weights[:, None, None]
+    data, var, usable = _read_chunk(stack, y0, y1, combine_bad)
+    masks = np.stack([stack.rows("mask", i, y0, y1) for i in range(stack.n)])
+    has_data = (masks & no_data_bit) == 0
+    value, value_var, used = _combine(
+        data, var, usable, weights, config.statistic, config.sigma_clip, config.clip_iterations
+    )
+    rejected = has_data & ~used
+    clipped_here = np.any(rejected & ((masks & (bad_bits & ~no_data_bit)) == 0), axis=0)
+    if config.statistic == "clipped_mean":
+        for i in range(stack.n):
+            newly = rejected[i] & usable[i]
+            if newly.any():
+                m = masks[i].copy()
+                m[newly] |= clip_bit
+                stack.write_rows("mask", i, y0, m)
+    any_used = np.asarray(used.any(axis=0))
+    n_all_clipped = int(np.sum(usable.any(axis=0) & ~any_used))
+    mask = np.bitwise_or.reduce(np.where(used, masks, 0), axis=0)
+    wsum_data = np.sum(np.where(has_data, w, 0.0), axis=0)
+    wsum_planes = {
+        bit: np.sum(np.where(has_data & ((masks & np.int32(bit)) != 0), w, 0.0), axis=0)
+        for bit in thresholds
+    }
+    mask = _finish_mask(mask, any_used, clipped_here, wsum_data, wsum_planes, thresholds, planes)
+    bits = np.left_shift(np.int64(1), np.arange(stack.n, dtype=np.int64))[:, None, None]
+    contributors = np.sum(np.where(used, bits, 0), axis=0)
+    return value, value_var, mask, used.sum(axis=0).astype(np.int16), contributors, n_all_clipped

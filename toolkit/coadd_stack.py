@@ -24,40 +24,94 @@ if TYPE_CHECKING:
 __all__: list[str] = []
 
 
+#: Values (inputs x rows x columns) of one stacked chunk: bounds the memory of the
+#: clipping statistics whatever the number of inputs (16 MB per float64 plane).
+_CHUNK_VALUES = 2**21
+
+
+def _chunk_rows(max_rows: int, n_inputs: int, nx: int) -> int:
+    """Rows per stacked chunk: at most ``max_rows``, and at most ``_CHUNK_VALUES`` values."""
+    return max(1, min(max_rows, _CHUNK_VALUES // max(1, n_inputs * nx)))
+
+
 class _DiskStack:
-    """Warp planes in scratch files, read and written by rows (no memory map)."""
+    """Warp planes in scratch files, read and written by rows (no memory map).
+
+    Each warp is stored only on its box ``(y0, y1, x0, x1)`` of the patch; outside
+    it reads as NO_DATA (image 0, variance inf, mask ``no_data_bit``), and writes
+    there are dropped.
+    """
 
     _DTYPES: Mapping[str, Any] = MappingProxyType(
         {"image": np.float32, "variance": np.float32, "mask": np.int32}
     )
 
-    def __init__(self, folder: str, shape: tuple[int, int]) -> None:
+    def __init__(self, folder: str, shape: tuple[int, int], no_data_bit: int = 0) -> None:
         self.folder, self.shape, self.n = Path(folder), shape, 0
+        self.boxes: list[tuple[int, int, int, int]] = []
+        self._fill: Mapping[str, Any] = MappingProxyType(
+            {"image": 0.0, "variance": np.inf, "mask": no_data_bit}
+        )
 
     def _path(self, plane: str, i: int) -> Path:
         return self.folder / f"{plane}-{i:03d}.bin"
 
-    def append(self, image: NDArray[Any], variance: NDArray[Any], mask: NDArray[Any]) -> None:
+    def append(
+        self,
+        image: NDArray[Any],
+        variance: NDArray[Any],
+        mask: NDArray[Any],
+        box: tuple[int, int, int, int] | None = None,
+    ) -> None:
+        box = (0, self.shape[0], 0, self.shape[1]) if box is None else box
+        box_shape = (box[1] - box[0], box[3] - box[2])
         for plane, data in (("image", image), ("variance", variance), ("mask", mask)):
+            if data.shape != box_shape:
+                msg = f"{plane} has shape {data.shape}, expected the box's {box_shape}"
+                raise ValueError(msg)
             np.ascontiguousarray(data, dtype=self._DTYPES[plane]).tofile(self._path(plane, self.n))
+        self.boxes.append(box)
         self.n += 1
 
-    def rows(self, plane: str, i: int, y0: int, y1: int) -> NDArray[Any]:
+    def segment(
+        self, plane: str, i: int, y0: int, y1: int
+    ) -> tuple[NDArray[Any], tuple[slice, slice]] | None:
+        """Warp ``i``'s data in patch rows ``y0..y1-1``, and where it sits in them; None if none.
+
+        The second item indexes a ``(y1 - y0, nx)`` array of those rows.
+        """
+        by0, by1, bx0, bx1 = self.boxes[i]
+        ya, yb = max(y0, by0), min(y1, by1)
+        if ya >= yb:
+            return None
         dtype = np.dtype(self._DTYPES[plane])
-        nx = self.shape[1]
+        width = bx1 - bx0
         with self._path(plane, i).open("rb") as f:
-            f.seek(y0 * nx * dtype.itemsize)
-            data = np.fromfile(f, dtype=dtype, count=(y1 - y0) * nx)
-        return data.reshape(y1 - y0, nx)
+            f.seek((ya - by0) * width * dtype.itemsize)
+            data = np.fromfile(f, dtype=dtype, count=(yb - ya) * width)
+        return data.reshape(yb - ya, width), (slice(ya - y0, yb - y0), slice(bx0, bx1))
+
+    def rows(self, plane: str, i: int, y0: int, y1: int) -> NDArray[Any]:
+        out = np.full((y1 - y0, self.shape[1]), self._fill[plane], dtype=self._DTYPES[plane])
+        found = self.segment(plane, i, y0, y1)
+        if found is not None:
+            out[found[1]] = found[0]
+        return out
 
     def full(self, plane: str, i: int) -> NDArray[Any]:
         return self.rows(plane, i, 0, self.shape[0])
 
     def write_rows(self, plane: str, i: int, y0: int, data: NDArray[Any]) -> None:
+        """Write full-width rows from ``y0``; only the part on warp ``i``'s box is kept."""
+        by0, by1, bx0, bx1 = self.boxes[i]
+        ya, yb = max(y0, by0), min(y0 + data.shape[0], by1)
+        if ya >= yb:
+            return
         dtype = np.dtype(self._DTYPES[plane])
+        part = np.ascontiguousarray(data[ya - y0 : yb - y0, bx0:bx1], dtype=dtype)
         with self._path(plane, i).open("r+b") as f:
-            f.seek(y0 * self.shape[1] * dtype.itemsize)
-            np.ascontiguousarray(data, dtype=dtype).tofile(f)
+            f.seek((ya - by0) * (bx1 - bx0) * dtype.itemsize)
+            part.tofile(f)
 
 
 def _clipped_mean_of(values: NDArray[np.float64], sigma: float, iterations: int) -> float:
@@ -144,8 +198,9 @@ def _mark_safe_clip(
     ny, nx = stack.shape
     diff = np.zeros((ny, nx))
     usable_any = np.zeros((ny, nx), dtype=bool)
-    for y0 in range(0, ny, config.chunk_rows):
-        y1 = min(y0 + config.chunk_rows, ny)
+    step = _chunk_rows(config.chunk_rows, stack.n, nx)
+    for y0 in range(0, ny, step):
+        y1 = min(y0 + step, ny)
         data, var, usable = _read_chunk(stack, y0, y1, bad_bits)
         mean, _, _ = _combine(data, var, usable, weights, "mean", 0.0, 0)
         clipped, _, _ = _combine(
@@ -185,8 +240,9 @@ def _mark_compare_warp(
     template_var = np.zeros((ny, nx))
     n_good = np.zeros((ny, nx), dtype=np.int16)
     cw = config.compare_warp
-    for y0 in range(0, ny, config.chunk_rows):
-        y1 = min(y0 + config.chunk_rows, ny)
+    step = _chunk_rows(config.chunk_rows, stack.n, nx)
+    for y0 in range(0, ny, step):
+        y1 = min(y0 + step, ny)
         data, var, usable = _read_chunk(stack, y0, y1, bad_bits)
         value, value_var, _ = _combine(
             data, var, usable, weights, "clipped_mean",
