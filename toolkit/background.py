@@ -198,15 +198,19 @@ def estimate_background(exposure: Exposure, config: BackgroundConfig | None = No
         bkg = _sep_background(data, ignore, mesh, filter_size)
         for _ in range(config.n_iterations):
             with np.errstate(invalid="ignore", divide="ignore"):
-                # A 3x3 sum against 3 x threshold x rms is the 3x3 mean test.
-                above = _box_sum3(data - bkg.back()) > (
-                    np.float32(3.0 * config.mask_threshold_sigma) * bkg.rms()
-                )
+                # A 3x3 sum against 3 x threshold x rms is the 3x3 mean test; the
+                # sums overwrite the residual and the threshold the rms map.
+                residual = data - bkg.back()
+                limit = bkg.rms()
+                limit *= np.float32(3.0 * config.mask_threshold_sigma)
+                above = _box_sum3(residual, out=residual) > limit
+                del residual, limit
             above &= ~ignore
             # Single noise peaks must not be masked: that would bias the sky low.
             labels, n = ndimage.label(above)
             if n:
-                sizes = np.bincount(labels.ravel())
+                # Labelled pixels only: bincount makes an int64 copy of its input.
+                sizes = np.bincount(labels[above], minlength=n + 1)
                 big = sizes >= _MIN_SOURCE_PIXELS
                 big[0] = False
                 above = big[labels]
@@ -269,18 +273,23 @@ def subtract_background(exposure: Exposure, background: Background) -> Exposure:
     )
 
 
-def _box_sum3(image: NDArray[np.float32]) -> NDArray[np.float32]:
+def _box_sum3(
+    image: NDArray[np.float32], out: NDArray[np.float32] | None = None
+) -> NDArray[np.float32]:
     """Sum over the 3x3 box of every pixel, edges mirrored (``uniform_filter`` x 9).
 
     Shifted slices, column pass then row pass: ``ndimage.uniform_filter`` works in
-    float64 and strides through memory on its column pass.
+    float64 and strides through memory on its column pass. ``out`` may be
+    ``image`` itself.
     """
     column = image.copy()
     column[1:] += image[:-1]
     column[:-1] += image[1:]
     column[0] += image[0]  # "reflect" mode: the pixel beyond the edge is the edge pixel
     column[-1] += image[-1]
-    out = column.copy()
+    if out is None:
+        out = np.empty_like(column)
+    out[...] = column
     out[:, 1:] += column[:, :-1]
     out[:, :-1] += column[:, 1:]
     out[:, 0] += column[:, 0]

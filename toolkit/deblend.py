@@ -187,7 +187,7 @@ def deblend_sources(
             f"the exposure has {exposure.shape}; deblend the exposure they came from"
         )
         raise ValueError(msg)
-    image = np.nan_to_num(exposure.image)
+    image = exposure.image  # non-finite pixels become 0 footprint by footprint, not in a copy
     labels = detections.labels
     peaks = detections.peaks
     by_footprint = np.searchsorted(peaks["footprint"], np.arange(1, len(detections) + 2))
@@ -198,7 +198,7 @@ def deblend_sources(
         fid = int(fp["id"])
         y0, y1, x0, x1 = int(fp["y_min"]), int(fp["y_max"]), int(fp["x_min"]), int(fp["x_max"])
         inside = labels[y0 : y1 + 1, x0 : x1 + 1] == fid
-        stamp = np.where(inside, image[y0 : y1 + 1, x0 : x1 + 1], 0.0)
+        stamp = np.where(inside, np.nan_to_num(image[y0 : y1 + 1, x0 : x1 + 1]), 0.0)
         lo, hi = by_footprint[fid - 1], by_footprint[fid]
         px = np.asarray(peaks["x"][lo:hi]) - x0
         py = np.asarray(peaks["y"][lo:hi]) - y0

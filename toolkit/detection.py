@@ -248,22 +248,25 @@ def detect_sources(exposure: Exposure, config: DetectionConfig | None = None) ->
     if masked is not None and "NO_DATA" in planes:
         no_signal |= exposure.plane("NO_DATA")
     good_var = variance[~bad]
-    fill_var = float(np.median(good_var)) if good_var.size else 1.0
+    fill_var = float(np.median(good_var, overwrite_input=True)) if good_var.size else 1.0
+    del good_var
     data = np.where(no_signal, np.float32(0.0), image).astype(np.float32, copy=False)
     var = np.where(bad, np.float32(fill_var), variance).astype(np.float32, copy=False)
     significance = _matched_filter(data, var, kernel)
     significance[no_signal] = 0.0
+    peak_map = _peak_map(data, var, significance, sigma_px, config)
+    del data, var  # full-size copies: gone before the footprints' own images are made
 
     seedless = no_signal if masked is None else (no_signal | masked)
     positive = _threshold(significance, seedless, config)
     saturated = exposure.plane("SAT") if "SAT" in exposure.mask_planes else None
     labels, footprints, peaks = _footprints(
         positive,
-        _peak_map(data, var, significance, sigma_px, config),
+        peak_map,
         significance,
-        data,
-        kernel,
         image,
+        no_signal,
+        kernel,
         config,
         sigma_px,
         saturated,
@@ -299,7 +302,8 @@ def _threshold(
     labels, n = ndimage.label(above, structure=np.ones((3, 3), dtype=bool))
     if n == 0:
         return above
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    # bincount works on an int64 copy of its input: give it the labelled pixels only.
+    sizes = np.bincount(labels[above], minlength=n + 1)
     seeds = np.bincount(labels[above & ~seedless], minlength=n + 1)
     keep = (sizes >= config.min_pixels) & (seeds > 0)
     keep[0] = False
@@ -412,13 +416,18 @@ def _matched_filter(
 
 
 def _smoothed_at(
-    data: NDArray[np.float32],
+    image: NDArray[np.float32],
+    no_signal: NDArray[np.bool_],
     kernel: NDArray[np.floating],
     ys: NDArray[np.intp],
     xs: NDArray[np.intp],
 ) -> NDArray[np.float64]:
-    """Return ``data`` convolved with ``kernel`` ("same" size, zero outside) at ``(ys, xs)``."""
-    ny, nx = data.shape
+    """Return ``image`` (0 on ``no_signal``) convolved with ``kernel`` at ``(ys, xs)``.
+
+    The same as the matched filter's smoothed image ("same" size, zero outside
+    the image), summed at a few pixels only.
+    """
+    ny, nx = image.shape
     kh, kw = kernel.shape
     out = np.zeros(len(ys))
     for a in range(kh):
@@ -426,7 +435,9 @@ def _smoothed_at(
         for b in range(kw):
             x = xs + kw // 2 - b
             inside = (y >= 0) & (y < ny) & (x >= 0) & (x < nx)
-            out[inside] += float(kernel[a, b]) * data[y[inside], x[inside]].astype(np.float64)
+            yi, xi = y[inside], x[inside]
+            value = np.where(no_signal[yi, xi], 0.0, image[yi, xi].astype(np.float64))
+            out[inside] += float(kernel[a, b]) * value
     return out
 
 
@@ -434,9 +445,9 @@ def _footprints(
     above: NDArray[np.bool_],
     significance: NDArray[np.float32],
     detection_significance: NDArray[np.float32],
-    data: NDArray[np.float32],
-    kernel: NDArray[np.floating],
     image: NDArray[np.float32],
+    no_signal: NDArray[np.bool_],
+    kernel: NDArray[np.floating],
     config: DetectionConfig,
     sigma_px: float,
     saturated: NDArray[np.bool_] | None = None,
@@ -453,11 +464,12 @@ def _footprints(
     kept_by_fp: dict[int, list[int]] = {}
     # A saturated star (core and bleed trail, plus a margin of two PSF FWHM) is
     # flat on top: it gets one peak, at the middle of its saturated pixels.
-    sat_labels = np.zeros(labels.shape, dtype=np.int32)
+    sat_of_peak = np.zeros(len(py), dtype=np.int32)
     sat_centres: dict[int, tuple[int, int]] = {}
     if saturated is not None and saturated.any():
         sat_grown = _grow(saturated, 2.0 * _FWHM_PER_SIGMA * sigma_px)
         sat_labels, _ = ndimage.label(sat_grown, structure=np.ones((3, 3), dtype=bool))
+        sat_of_peak = sat_labels[py, px]
         for k, sl in enumerate(ndimage.find_objects(sat_labels), start=1):
             if sl is None:
                 continue
@@ -468,7 +480,6 @@ def _footprints(
                 round((xs.min() + xs.max()) / 2) + sl[1].start,
             )
     candidate = np.ones(len(py), dtype=bool)
-    sat_of_peak = sat_labels[py, px]
     on_sat = np.flatnonzero(sat_of_peak)
     if len(on_sat):
         # Peaks are sorted brightest first: the first on each saturated star stands
@@ -501,17 +512,12 @@ def _footprints(
             "x": px.astype(np.int64),
             "y": py.astype(np.int64),
             "significance": detection_significance[py, px].astype(np.float64),
-            "value": _smoothed_at(data, kernel, py, px),
+            "value": _smoothed_at(image, no_signal, kernel, py, px),
         }
     )
     index = np.arange(1, n + 1)
     slices = ndimage.find_objects(labels, max_label=n)
-    n_pixels = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    # Sums over the footprint pixels only: no full-image float64 temporaries.
-    inside = labels > 0
-    flux = np.bincount(
-        labels[inside], weights=np.nan_to_num(image[inside]).astype(np.float64), minlength=n + 1
-    )[1:]
+    n_pixels, flux = _footprint_sums(labels, image, n)
     n_peaks = np.bincount(owner, minlength=n + 1)[1:]
     footprints = Table(
         {
@@ -548,6 +554,25 @@ def _local_maxima(
             if dy or dx:
                 keep &= value >= image[yn, np.clip(xs + dx, 0, nx - 1)]
     return ys[keep], xs[keep]
+
+
+def _footprint_sums(
+    labels: NDArray[np.int32], image: NDArray[np.float32], n: int
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """Pixel count and sum of ``image`` (non-finite as 0) of labels ``1..n``.
+
+    By strips of rows, so that bincount's int64 and float64 copies stay small.
+    """
+    count = np.zeros(n + 1, dtype=np.int64)
+    total = np.zeros(n + 1)
+    for y0 in range(0, labels.shape[0], _BLOCK_ROWS):
+        strip = labels[y0 : y0 + _BLOCK_ROWS]
+        inside = strip > 0
+        own = strip[inside]
+        count += np.bincount(own, minlength=n + 1)
+        values = np.nan_to_num(image[y0 : y0 + _BLOCK_ROWS][inside]).astype(np.float64)
+        total += np.bincount(own, weights=values, minlength=n + 1)
+    return count[1:], total[1:]
 
 
 def _dips(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -218,21 +219,17 @@ def process_frame(exposure: Exposure, config: ProcessFrameConfig | None = None) 
         # Only the mask changes: the caller's pixels are shared, not copied.
         exposure = exposure.replace(mask=exposure.mask.copy())
         exposure.set_plane("NO_DATA", ~finite)
+    del finite
     background = estimate_background(exposure, config.background)
     calexp = subtract_background(exposure, background)
     lap("background")
     guess = _gaussian_psf(config.initial_fwhm_px)
     input_psf = exposure.psf
     psf_fit: PsfFit | None = None
-    first: Detections | None = None
     if config.use_input_psf and input_psf is not None:
         psf: PsfModel = input_psf  # type: ignore[assignment]
     else:
-        # PSF stars hit by cosmic rays are rejected by the fit's chi² clipping.
-        first = detect_sources(calexp.replace(psf=guess), config.detection)
-        first_blends = deblend_sources(calexp, first, config.deblend)
-        lap("detection_initial")
-        psf_fit = fit_psf(calexp, first_blends, config.psf, labels=first.labels)
+        psf_fit = _first_pass_psf(calexp, guess, config, lap)
         psf = psf_fit.model
         lap("psf")
     crs = None
@@ -282,6 +279,21 @@ def process_frame(exposure: Exposure, config: ProcessFrameConfig | None = None) 
     )
 
 
+def _first_pass_psf(
+    calexp: Exposure, guess: PsfModel, config: ProcessFrameConfig, lap: Callable[[str], None]
+) -> PsfFit:
+    """Detect with the guessed PSF, deblend and fit the PSF model.
+
+    A function of its own so that the first pass's full-size images (labels,
+    significance, mask) are freed before the second detection.
+    """
+    # PSF stars hit by cosmic rays are rejected by the fit's chi² clipping.
+    first = detect_sources(calexp.replace(psf=guess), config.detection)
+    first_blends = deblend_sources(calexp, first, config.deblend)
+    lap("detection_initial")
+    return fit_psf(calexp, first_blends, config.psf, labels=first.labels)
+
+
 def _gaussian_psf(fwhm_px: float) -> PsfModel:
     sigma = fwhm_px / 2.3548200450309493
     half = int(np.ceil(4.0 * sigma))
@@ -327,9 +339,13 @@ def _local_aperture_flux(
     half = int(np.ceil(outer)) + 1
     yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
     ring = (np.hypot(xx, yy) >= inner) & (np.hypot(xx, yy) <= outer)
-    image = np.ascontiguousarray(np.nan_to_num(calexp.image), dtype=np.float64)
+    # sep reads float32 pixels as they are: no full-size float64 copy. Non-finite
+    # pixels are masked (process_frame has set NO_DATA on them already).
+    image = np.ascontiguousarray(calexp.image, dtype=np.float32)
     bad_planes = [p for p in ("BAD", "SAT", "NO_DATA", "CR") if p in calexp.mask_planes]
-    bad = (calexp.mask & calexp.mask_planes.bitmask(*bad_planes)) != 0 if bad_planes else None
+    bad = ~np.isfinite(image)
+    if bad_planes:
+        bad |= (calexp.mask & calexp.mask_planes.bitmask(*bad_planes)) != 0
     ny, nx = calexp.shape
     x = np.asarray(catalog["x"], dtype=float)[rows]
     y = np.asarray(catalog["y"], dtype=float)[rows]
@@ -341,7 +357,7 @@ def _local_aperture_flux(
         ix, iy = round(cx), round(cy)
         if flag[k] or ix - half < 0 or iy - half < 0 or ix + half >= nx or iy + half >= ny:
             continue
-        patch = image[iy - half : iy + half + 1, ix - half : ix + half + 1]
+        patch = np.nan_to_num(image[iy - half : iy + half + 1, ix - half : ix + half + 1])
         sky = float(np.median(patch[ring]))
         total = flux[k] - sky * np.pi * float(radius) ** 2
         if slope is not None and not inner_flag[k]:

@@ -421,8 +421,10 @@ def fit_psf(
     """
     config = PsfConfig() if config is None else config
     ny, nx = exposure.shape
-    image = np.nan_to_num(exposure.image).astype(np.float64)
-    variance = exposure.variance.astype(np.float64)
+    # Stamps are cut from the float32 planes and converted one by one: no
+    # full-size float64 copies.
+    image = exposure.image
+    variance = exposure.variance
     reject_planes = [p for p in _STAR_REJECT_PLANES if p in exposure.mask_planes]
     reject_bits = exposure.mask_planes.bitmask(*reject_planes)
     saturate = float(exposure.meta.get("SATURATE", np.inf) or np.inf)
@@ -448,7 +450,7 @@ def fit_psf(
         ix, iy = int(src["peak_x"][i]), int(src["peak_y"][i])
         if not inside_fraction((ny, nx), ix, iy, guess_half):
             continue
-        stamp = cutout(image, ix, iy, guess_half)
+        stamp = np.nan_to_num(cutout(image, ix, iy, guess_half).astype(np.float64))
         if np.any(cutout(exposure.mask, ix, iy, guess_half) & reject_bits):
             continue
         if stamp.max() > config.max_peak_fraction * saturate:
@@ -480,11 +482,11 @@ def fit_psf(
         ix, iy = int(np.floor(x + 0.5)), int(np.floor(y + 0.5))
         if not inside_fraction((ny, nx), ix, iy, half + pad):
             continue
-        big = cutout(image, ix, iy, half + pad)
+        big = np.nan_to_num(cutout(image, ix, iy, half + pad).astype(np.float64))
         bad = _neighbours(labels, ix, iy, half + pad, int(src["footprint"][i]))
         bad |= _siblings(sources, i, ix, iy, half + pad)
         bad = bad | ((cutout(exposure.mask, ix, iy, half + pad) & reject_bits) != 0)
-        var = cutout(variance, ix, iy, half + pad)
+        var = cutout(variance, ix, iy, half + pad).astype(np.float64)
         shifted = fft_shift(np.where(bad, 0.0, big), -(x - ix), -(y - iy))
         crop = slice(pad, pad + stamp_size)
         bad_c = bad[crop, crop]
