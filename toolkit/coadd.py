@@ -402,7 +402,8 @@ def coadd(
                 scale = float(10.0 ** (0.4 * (zero_point - exposure.zero_point)))
             image = warp.image * np.float32(scale)
             variance = warp.variance * np.float32(scale**2)
-            mask = warp.mask_planes.remap(warp.mask, planes)
+            same_bits = all(planes[name] == bit for name, bit in warp.mask_planes.items())
+            mask = warp.mask if same_bits else warp.mask_planes.remap(warp.mask, planes)
             good = (mask & bad_bits) == 0
             mean_var = _clipped_mean_of(
                 variance[good].astype(np.float64), config.weight_sigma_clip, 2

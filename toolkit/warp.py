@@ -25,7 +25,7 @@ whose kernel reaches beyond the sensor get ``SENSOR_EDGE``.
 Only the box of the target grid that the input's outline maps into is resampled
 (the rest is ``NO_DATA``), so the work follows the input's area, not the grid's.
 There, each output pixel is one row of a sparse matrix over the input pixels holding
-its ``(2a)**2`` kernel weights (tabulated every 1/4096 px and interpolated), and the
+its ``(2a)**2`` kernel weights (tabulated every 1/16384 px, rows normalized), and the
 sums above are sparse matrix-vector products.
 
 The PSF is carried as a :class:`WarpedPsf`: the input model's stamp at the
@@ -130,16 +130,18 @@ def _lanczos_taps(frac: NDArray[np.float64], order: int) -> NDArray[np.float64]:
     return np.asarray(out)
 
 
+#: The covariance factor is measured on one chunk of rows in this many.
+_COVARIANCE_EVERY = 4
+
 #: Sub-pixel steps per pixel of the tabulated kernel used to warp pixels.
-_TABLE_STEPS = 4096
+_TABLE_STEPS = 16384
 
 
 @functools.lru_cache(maxsize=8)
 def _tap_table(order: int) -> NDArray[np.float32]:
     """Return normalized Lanczos taps at ``frac = q / _TABLE_STEPS``, ``q = 0 .. _TABLE_STEPS``.
 
-    Rows sum to 1, so taps interpolated linearly between two rows sum to 1 as well
-    (flux is conserved exactly); the interpolation error of a tap is below 1e-7.
+    Each row sums to 1, so flux is conserved exactly whichever row is used.
     """
     frac = np.arange(_TABLE_STEPS + 1, dtype=np.float64) / _TABLE_STEPS
     # frac = 1 is the frac = 0 row shifted by one tap (the last row of the table).
@@ -148,14 +150,35 @@ def _tap_table(order: int) -> NDArray[np.float32]:
     return np.asarray(taps / taps.sum(axis=1, keepdims=True), dtype=np.float32)
 
 
-def _table_taps(frac: NDArray[np.float64], order: int) -> NDArray[np.float32]:
-    """Return normalized Lanczos taps for ``frac`` in [0, 1), interpolated in the table."""
+@functools.lru_cache(maxsize=8)
+def _outer_tables(order: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Tap table rows laid out for the ``(2a)**2`` taps ``(j, i)`` in row-major order.
+
+    The first repeats each tap ``2a`` times (``wy_j``), the second tiles the row
+    ``2a`` times (``wx_i``): the 2D weights are then one gather from each and one
+    contiguous product, much cheaper than a broadcast outer product.
+    """
     table = _tap_table(order)
-    position = frac * _TABLE_STEPS
-    q = np.minimum(position.astype(np.int64), _TABLE_STEPS - 1)
-    r = (position - q).astype(np.float32)[:, None]
-    low = table[q]
-    return np.asarray(low + r * (table[q + 1] - low))
+    taps = table.shape[1]
+    return (
+        np.ascontiguousarray(np.repeat(table, taps, axis=1)),
+        np.ascontiguousarray(np.tile(table, (1, taps))),
+    )
+
+
+def _table_index(frac: NDArray[np.float64]) -> NDArray[np.intp]:
+    """Row of the tap table nearest ``frac`` in [0, 1)."""
+    return np.asarray((frac * _TABLE_STEPS + 0.5).astype(np.intp))
+
+
+def _table_taps(frac: NDArray[np.float64], order: int) -> NDArray[np.float32]:
+    """Return normalized Lanczos taps for ``frac`` in [0, 1) from the nearest table row.
+
+    The kernel is the exact one at a position at most ``0.5 / _TABLE_STEPS`` px
+    (3e-5 px) away: far below the astrometric errors of any input, and six times
+    cheaper than interpolating between rows.
+    """
+    return np.asarray(np.take(_tap_table(order), _table_index(frac), axis=0))
 
 
 def _exact_map(
@@ -221,28 +244,30 @@ class _PixelMap:
         self.sdet = RectBivariateSpline(gy, gx, np.abs(det), kx=3, ky=3)
 
     def rows(
-        self, y0: int, y1: int, nx: int
+        self, y0: int, y1: int, x0: int, x1: int
     ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-        """Input x, y and |det J| for box rows y0..y1-1 (shape (rows, nx))."""
-        ys, xs = np.arange(y0, y1, dtype=float), np.arange(nx, dtype=float)
+        """Input x, y and |det J| for box rows y0..y1-1, columns x0..x1-1."""
+        ys, xs = np.arange(y0, y1, dtype=float), np.arange(x0, x1, dtype=float)
         return self.sx(ys, xs), self.sy(ys, xs), self.sdet(ys, xs)
 
 
 def _output_box(
     input_wcs: WCS, output_wcs: WCS, input_shape: tuple[int, int], shape: tuple[int, int]
-) -> tuple[int, int, int, int]:
+) -> tuple[tuple[int, int, int, int], _Outline | None]:
     """Box ``(y0, y1, x0, x1)`` of the target grid that can receive data from the input.
 
-    The input's outline (pixel edges, sampled every <= 16 px so distortion bends are
-    followed) is mapped to target pixels; the box is its bounding box grown by 2 px,
-    clipped to the grid (empty when they do not overlap). When the mapping fails
-    anywhere, the whole grid is returned and the per-pixel test decides.
+    The input's outline (pixel edges, sampled every half input pixel) is mapped to
+    target pixels; the box is its bounding box grown by 2 px, clipped to the grid
+    (empty when they do not overlap). The outline is returned too, to bound each
+    row's columns. When the mapping fails anywhere, the whole grid is returned
+    without an outline and the per-pixel test decides.
     """
     in_ny, in_nx = input_shape
     ny, nx = shape
+    whole = (0, ny, 0, nx)
 
     def edge(n: int) -> NDArray[np.float64]:
-        return np.linspace(-0.5, n - 0.5, max(2, int(np.ceil(n / 16)) + 1))
+        return np.linspace(-0.5, n - 0.5, 2 * n + 1)
 
     ex, ey = edge(in_nx), edge(in_ny)
     xs = np.concatenate([ex, ex, np.full(ey.size, -0.5), np.full(ey.size, in_nx - 0.5)])
@@ -252,22 +277,50 @@ def _output_box(
         try:
             xo, yo = output_wcs.all_world2pix(ra, dec, 0, quiet=True)
         except Exception:  # any failure of the inverse: no box, test every pixel
-            return 0, ny, 0, nx
+            return whole, None
+    xo, yo = np.asarray(xo, dtype=float), np.asarray(yo, dtype=float)
     if not (np.all(np.isfinite(xo)) and np.all(np.isfinite(yo))):
-        return 0, ny, 0, nx
+        return whole, None
     # A sky grid folding over (e.g. the input beyond 90 degrees of the tangent point)
     # maps its outline wrongly; then also test every pixel.
-    back = _exact_map(input_wcs, output_wcs, np.asarray(xo, float), np.asarray(yo, float))
+    back = _exact_map(input_wcs, output_wcs, xo, yo)
     if not np.allclose(back[0], xs, atol=0.1) or not np.allclose(back[1], ys, atol=0.1):
-        return 0, ny, 0, nx
+        return whole, None
     margin = 2
     x0 = max(0, int(np.floor(np.min(xo))) - margin)
     x1 = min(nx, int(np.ceil(np.max(xo))) + margin + 1)
     y0 = max(0, int(np.floor(np.min(yo))) - margin)
     y1 = min(ny, int(np.ceil(np.max(yo))) + margin + 1)
     if x1 <= x0 or y1 <= y0:
-        return 0, 0, 0, 0
-    return y0, y1, x0, x1
+        return (0, 0, 0, 0), None
+    ends = np.cumsum([ex.size, ex.size, ey.size])
+    gaps = [np.hypot(np.diff(px), np.diff(py)) for px, py in zip(
+        np.split(xo, ends), np.split(yo, ends), strict=True
+    )]  # fmt: skip
+    return (y0, y1, x0, x1), _Outline(xo, yo, float(max(g.max() for g in gaps)))
+
+
+@dataclass(frozen=True)
+class _Outline:
+    """An input's outline in target pixels, to find the columns each row band can reach."""
+
+    x: NDArray[np.float64]
+    y: NDArray[np.float64]
+    spacing: float
+
+    def columns(self, y0: float, y1: float) -> tuple[float, float] | None:
+        """Range of target x that the input covers in rows ``y0 .. y1``; None if none.
+
+        A row crossing the input crosses its outline on both sides, so the row's
+        pixels with data lie between the outline points near it (within the spacing
+        of the outline's samples and a 2 px margin).
+        """
+        reach = max(2.0, self.spacing + 1.0)
+        near = (self.y >= y0 - reach) & (self.y <= y1 + reach)
+        if not near.any():
+            return None
+        xs = self.x[near]
+        return float(xs.min()) - reach, float(xs.max()) + reach
 
 
 def _fourier_shift(stamp: NDArray[np.float64], shift: tuple[float, float]) -> NDArray[np.float64]:
@@ -513,10 +566,11 @@ def _warp_box(exposure: Exposure, wcs: WCS, shape: tuple[int, int], config: Warp
     """Resample ``exposure`` onto the part of ``(wcs, shape)`` it can reach.
 
     Each output pixel is one row of a sparse matrix holding its ``(2a)**2`` Lanczos
-    weights over the (padded, flattened) input; the image, weight and variance sums
-    are then sparse matrix-vector products in compiled code. Mask bits are OR'ed
-    tap by tap only for the few pixels whose kernel touches a masked input pixel or
-    the sensor edge.
+    weights over the (padded, flattened) input; the image and variance sums are then
+    sparse matrix-vector products in compiled code. Where a kernel touches no bad
+    pixel its usable weight is its full weight, 1; only the pixels whose kernel
+    touches a masked or bad pixel or the sensor edge get a tap-by-tap pass for their
+    usable weight and mask bits.
     """
     if exposure.wcs is None:
         msg = f"{exposure!r} has no WCS; warping needs one"
@@ -533,7 +587,7 @@ def _warp_box(exposure: Exposure, wcs: WCS, shape: tuple[int, int], config: Warp
         planes = planes.with_plane(name)
     no_data_bit = np.int32(planes.bitmask("NO_DATA"))
     edge_bit = np.int32(planes.bitmask("SENSOR_EDGE"))
-    by0, by1, bx0, bx1 = _output_box(exposure.wcs, wcs, exposure.shape, (ny, nx))
+    (by0, by1, bx0, bx1), outline = _output_box(exposure.wcs, wcs, exposure.shape, (ny, nx))
     bny, bnx = by1 - by0, bx1 - bx0
     if bny <= 0 or bnx <= 0:
         _raise_no_overlap(exposure, shape)
@@ -562,9 +616,11 @@ def _warp_box(exposure: Exposure, wcs: WCS, shape: tuple[int, int], config: Warp
     good_p = padded(good_in, np.float32)
     mask_p = padded(exposure.mask, np.int32)
     inside_p = padded(True, bool)
-    # Kernels whose window touches a masked pixel or the padding need the tap-by-tap
-    # mask pass; indexed by the window's first row and column.
-    reach = _window_reach(((mask_p != 0) | ~inside_p).reshape(-1, width), taps)
+    # Kernels whose window touches a masked or bad pixel or the padding need the
+    # tap-by-tap pass; indexed by the window's first row and column.
+    special_in = ((mask_p != 0) | (good_p == 0)).reshape(-1, width)
+    reach = _window_reach(special_in, taps)
+    del special_in
     start_offset = pad - a + 1  # window start = floor(position) + this, in padded pixels
     index_dtype = np.int32 if size < 2**31 - 1 else np.int64
     grid = np.arange(taps)[:, None] * width + np.arange(taps)[None, :]
@@ -576,57 +632,92 @@ def _warp_box(exposure: Exposure, wcs: WCS, shape: tuple[int, int], config: Warp
     out_var = np.full((bny, bnx), np.inf, dtype=np.float32)
     out_mask = np.full((bny, bnx), no_data_bit, dtype=np.int32)
     sum_corr, sum_var = 0.0, 0.0
-    for r0 in range(0, bny, config.chunk_rows):
+    table = _tap_table(a)
+    repeated, tiled = _outer_tables(a)
+    n_taps = taps * taps
+    weight_buffer = other_buffer = np.empty(0, dtype=np.float32)
+    index_buffer = np.empty(0, dtype=index_dtype)
+    reach_width = reach.shape[1]
+    reach_flat = reach.ravel()
+    for chunk, r0 in enumerate(range(0, bny, config.chunk_rows)):
         r1 = min(r0 + config.chunk_rows, bny)
-        xin, yin, det = (v.ravel() for v in pixel_map.rows(r0, r1, bnx))
+        c0, c1 = 0, bnx
+        if outline is not None:
+            reached = outline.columns(by0 + r0, by0 + r1 - 1)
+            if reached is None:
+                continue
+            c0 = max(0, int(np.floor(reached[0])) - bx0)
+            c1 = min(bnx, int(np.ceil(reached[1])) + 1 - bx0)
+            if c1 <= c0:
+                continue
+        xin, yin, det = (v.ravel() for v in pixel_map.rows(r0, r1, c0, c1))
         inside = (xin >= -0.5) & (xin <= in_nx - 0.5) & (yin >= -0.5) & (yin <= in_ny - 0.5)
         sel = np.flatnonzero(inside)
         if sel.size == 0:
             continue
         xs, ys = xin[sel], yin[sel]
         ix, iy = np.floor(xs).astype(np.int64), np.floor(ys).astype(np.int64)
-        wx = _table_taps(xs - ix, a)
-        wy = _table_taps(ys - iy, a)
+        qx, qy = _table_index(xs - ix), _table_index(ys - iy)
         starts: NDArray[np.integer] = ((iy + start_offset) * width + (ix + start_offset)).astype(
             index_dtype
         )
         m = sel.size
-        weights = (wy[:, :, None] * wx[:, None, :]).reshape(-1)
-        indices = (starts[:, None] + tap_offsets[None, :]).reshape(-1)
-        indptr = np.arange(0, m * taps * taps + 1, taps * taps, dtype=index_dtype)
-        kernel = csr_matrix((weights, indices, indptr), shape=(m, size))
+        # Kernel weights and input indices, (m, taps**2) row-major, in buffers reused
+        # from chunk to chunk (fresh arrays of this size cost page faults every time).
+        if weight_buffer.size < m * n_taps:
+            weight_buffer = np.empty(m * n_taps, dtype=np.float32)
+            other_buffer = np.empty(m * n_taps, dtype=np.float32)
+            index_buffer = np.empty(m * n_taps, dtype=index_dtype)
+        weights = weight_buffer[: m * n_taps].reshape(m, n_taps)
+        other = other_buffer[: m * n_taps].reshape(m, n_taps)
+        indices = index_buffer[: m * n_taps].reshape(m, n_taps)
+        np.take(repeated, qy, axis=0, out=weights, mode="clip")
+        np.take(tiled, qx, axis=0, out=other, mode="clip")
+        np.multiply(weights, other, out=weights)
+        np.add(starts[:, None], tap_offsets[None, :], out=indices)
+        indptr = np.arange(0, m * n_taps + 1, n_taps, dtype=index_dtype)
+        kernel = csr_matrix((weights.ravel(), indices.ravel(), indptr), shape=(m, size))
         acc_i = kernel @ image_p
-        acc_w = kernel @ good_p
-        acc_wv = kernel @ var_p
-        acc_v = csr_matrix((weights * weights, indices, indptr), shape=(m, size)) @ var_p
-        del kernel, weights, indices
-        det_s = det[sel]
+        # The covariance factor is a property of the whole warp: estimated from one
+        # chunk in a few, it costs a fraction of a matrix product per pixel.
+        acc_wv = kernel @ var_p if chunk % _COVARIANCE_EVERY == 0 else None
+        np.multiply(weights, weights, out=other)
+        squared = csr_matrix((other.ravel(), indices.ravel(), indptr), shape=(m, size))
+        acc_v = squared @ var_p
+        del kernel, squared
+        acc_w = np.ones(m, dtype=np.float32)
+        mask = np.zeros(m, dtype=np.int32)
+        special = np.flatnonzero(
+            np.take(reach_flat, (iy + start_offset) * reach_width + (ix + start_offset))
+        )
+        if special.size:
+            acc_w[special], mask[special] = _tap_pass(
+                np.take(table, qx[special], axis=0), np.take(table, qy[special], axis=0),
+                starts[special], tap_offsets, good_p, mask_p, inside_p, threshold, edge_bit,
+            )  # fmt: skip
+        det_s = np.take(det, sel)
         with np.errstate(divide="ignore", invalid="ignore"):
             value = acc_i / acc_w * det_s
             variance = acc_v / acc_w**2 * det_s**2
-            mean_var = acc_wv / acc_w * det_s
         usable = (acc_w >= config.min_good_weight) & np.isfinite(value)
-        mask = np.zeros(m, dtype=np.int32)
-        special = np.flatnonzero(reach[iy + start_offset, ix + start_offset])
-        if special.size:
-            mask[special] = _tap_mask(
-                wx[special], wy[special], starts[special], tap_offsets, mask_p, inside_p,
-                threshold, edge_bit,
-            )  # fmt: skip
         if remap:
             edge = (mask & edge_bit) != 0
             mask = exposure.mask_planes.remap(mask & ~edge_bit, planes)
             mask[edge] |= edge_bit
         mask[~usable] |= no_data_bit
-        rows = slice(r0, r1)
-        out_image[rows].ravel()[sel] = np.where(usable, value, 0.0)
-        out_var[rows].ravel()[sel] = np.where(usable, variance, np.inf)
-        out_mask[rows].ravel()[sel] = mask
+        # Box-relative flat index of each selected pixel.
+        flat = (sel // (c1 - c0) + r0) * bnx + (sel % (c1 - c0) + c0)
+        out_image.ravel()[flat] = np.where(usable, value, 0.0)
+        out_var.ravel()[flat] = np.where(usable, variance, np.inf)
+        out_mask.ravel()[flat] = mask
         # Noise of a large sum: det * (input variance) per output pixel, against the
         # per-pixel variance the plane holds.
-        clean = usable & (acc_w > 0.999)
-        sum_corr += float(np.sum(mean_var[clean], dtype=np.float64))
-        sum_var += float(np.sum(variance[clean], dtype=np.float64))
+        if acc_wv is not None:
+            clean = usable & (acc_w > 0.999)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                mean_var = acc_wv / acc_w * det_s
+            sum_corr += float(np.sum(mean_var[clean], dtype=np.float64))
+            sum_var += float(np.sum(variance[clean], dtype=np.float64))
     n_good = int(np.sum((out_mask & no_data_bit) == 0))
     if n_good == 0:
         _raise_no_overlap(exposure, shape)
@@ -646,18 +737,23 @@ def _warp_box(exposure: Exposure, wcs: WCS, shape: tuple[int, int], config: Warp
     )  # fmt: skip
 
 
-def _tap_mask(
+def _tap_pass(
     wx: NDArray[np.float32],
     wy: NDArray[np.float32],
     starts: NDArray[np.integer],
     tap_offsets: NDArray[np.integer],
+    good_p: NDArray[np.float32],
     mask_p: NDArray[np.int32],
     inside_p: NDArray[np.bool_],
     threshold: float,
     edge_bit: np.int32,
-) -> NDArray[np.int32]:
-    """OR of the mask bits under the taps heavier than ``threshold``; ``edge_bit`` off-sensor."""
+) -> tuple[NDArray[np.float32], NDArray[np.int32]]:
+    """Usable kernel weight, and the OR of the mask bits under taps heavier than ``threshold``.
+
+    ``edge_bit`` is set where such a tap is off the sensor.
+    """
     taps = wx.shape[1]
+    weight = np.zeros(len(starts), dtype=np.float32)
     mask = np.zeros(len(starts), dtype=np.int32)
     off_sensor = np.zeros(len(starts), dtype=bool)
     # Lanczos lobes beyond |t| = 2 stay below ~0.03, so outer taps rarely pass the
@@ -666,14 +762,16 @@ def _tap_mask(
     wy_max = np.abs(wy).max(axis=0)
     for j in range(taps):
         for i in range(taps):
+            w = wy[:, j] * wx[:, i]
+            index = starts + tap_offsets[j * taps + i]
+            weight += w * good_p[index]
             if wy_max[j] * wx_max[i] <= threshold:
                 continue
-            strong = np.abs(wy[:, j] * wx[:, i]) > threshold
-            index = starts + tap_offsets[j * taps + i]
+            strong = np.abs(w) > threshold
             mask |= np.where(strong, mask_p[index], 0)
             off_sensor |= strong & ~inside_p[index]
     mask[off_sensor] |= edge_bit
-    return mask
+    return weight, mask
 
 
 def _raise_no_overlap(exposure: Exposure, shape: tuple[int, int]) -> None:

@@ -176,11 +176,17 @@ def test_warped_psf_matches_stars_on_the_warp(visits, patch) -> None:
 
 
 def test_tabulated_kernel_is_the_normalized_lanczos_kernel() -> None:
-    from stacklab.toolkit.warp import _lanczos_taps, _table_taps
+    from stacklab.toolkit.warp import _TABLE_STEPS, _lanczos_taps, _table_taps
 
     frac = np.concatenate([[0.0, 0.5, 1 - 1e-12], np.random.default_rng(5).random(5000)])
+    # The table row used is the exact kernel at a position within half a step of frac.
+    nearest = np.round(frac * _TABLE_STEPS) / _TABLE_STEPS
+    assert np.abs(nearest - frac).max() <= 0.5 / _TABLE_STEPS < 3.1e-5
     for order in (2, 3, 5):
-        exact = _lanczos_taps(frac, order)
+        at = nearest.copy()
+        at[at >= 1.0] = 0.0  # frac -> 1 is frac = 0 one tap over
+        exact = _lanczos_taps(at, order)
+        exact[nearest >= 1.0] = np.roll(exact[nearest >= 1.0], 1, axis=1)
         exact /= exact.sum(axis=1, keepdims=True)
         table = _table_taps(frac, order)
         assert np.abs(table - exact).max() < 3e-7
