@@ -612,8 +612,11 @@ def _psf_fluxes(
         # The design rows are the model's support pixels: zero weight elsewhere.
         design = np.stack([model, -gx, -gy], axis=-1)
         w = np.where(support, weights[active], 0.0)
-        normal = np.einsum("nyxi,nyx,nyxj->nij", design, w, design)
-        rhs = np.einsum("nyxi,nyx,nyx->ni", design, w, stamps[active])
+        # Batched matrix products (three-operand einsums loop slowly).
+        design = design.reshape(len(active), -1, 3)
+        weighted = np.swapaxes(design * w.reshape(len(active), -1, 1), 1, 2)
+        normal = weighted @ design
+        rhs = (weighted @ stamps[active].reshape(len(active), -1, 1))[..., 0]
         solvable = np.all(np.isfinite(normal), axis=(1, 2))
         solvable[solvable] = _condition(normal[solvable]) <= 1e12
         sol = np.zeros((len(active), 3))
@@ -628,10 +631,11 @@ def _psf_fluxes(
         cy[active[step]] += dy[step]
         active = active[step]
     model = _place_all(kernels, size, cx, cy, transform)
-    den = np.einsum("nyx,nyx,nyx->n", weights, model, model)
+    weighted_model = weights * model
+    den = np.einsum("nyx,nyx->n", weighted_model, model)
     ok = den > 0
     safe_den = np.where(ok, den, 1.0)
-    flux = np.einsum("nyx,nyx,nyx->n", weights, model, stamps) / safe_den
+    flux = np.einsum("nyx,nyx->n", weighted_model, stamps) / safe_den
     # SExtractor's SPREAD_MODEL: a PSF fit versus a fit of the PSF convolved with
     # an exponential of scale FWHM/16; 0 for point sources, > 0 for resolved ones.
     ky, kx = _frequencies(size)
@@ -640,7 +644,7 @@ def _psf_fluxes(
         np.fft.rfft2(model) * (1.0 + (kx * kx + ky * ky) * scale**2) ** -1.5, s=(size, size)
     )
     # spread = G'Wx / P'Wx - G'WP / P'WP, its error propagated from the variance.
-    u, v = weights * broad, weights * model
+    u, v = weights * broad, weighted_model
     numerator = np.einsum("nyx,nyx->n", u, stamps)
     denominator = np.einsum("nyx,nyx->n", v, stamps)
     positive = denominator > 0
@@ -740,8 +744,10 @@ def _model_fluxes(
     for kind in ("exp", "dev"):
         # All sources and sizes at once: one batched inverse FFT.
         models = np.fft.irfft2(_profile_ft(kind, q) * shifted_psf, s=(size, size))
-        den = np.einsum("nyx,nsyx,nsyx->ns", weights, models, models)
-        num = np.einsum("nyx,nsyx,nyx->ns", weights, models, stamps)
+        # Batched matrix-vector products over the pixels (three-operand einsums loop slowly).
+        flat = models.reshape(n, len(_SIZE_FACTORS), -1)
+        den = ((flat * flat) @ weights.reshape(n, -1, 1))[..., 0]
+        num = (flat @ (weights * stamps).reshape(n, -1, 1))[..., 0]
         valid = den > 0
         amp = np.where(valid, num / np.where(valid, den, 1.0), 0.0)
         # chi2 = sum w d² - num²/den; the first term is common to all sizes.
