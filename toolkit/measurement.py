@@ -753,7 +753,7 @@ def _model_fluxes(
         # chi2 = sum w d² - num²/den; the first term is common to all sizes.
         gain = np.where(valid, amp * num, -np.inf)
         j = np.argmax(gain, axis=1)
-        best[kind] = (valid.any(axis=1), models[rows, j], amp[rows, j])
+        best[kind] = (np.asarray(valid.any(axis=1)), models[rows, j], amp[rows, j])
     out: list[tuple[float, float, float, float] | None] = []
     for i in range(n):
         w = weights[i].ravel()
