@@ -41,21 +41,24 @@ def test_a_dead_task_host_is_restarted(tmp_path):
     host.close()
 
 
-def test_a_kernel_that_dies_at_startup_is_tried_again(tmp_path, monkeypatch):
-    # A real kernel death: a sitecustomize that ends the first ipykernel process at once.
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(
-        "import os, sys\n"
+@pytest.mark.parametrize("fork", ["1", "0"], ids=["forked-kernel", "new-interpreter"])
+def test_a_kernel_that_dies_at_startup_is_tried_again(tmp_path, monkeypatch, fork):
+    # A real kernel death: an IPython startup file that ends the first kernel at once
+    # (IPython runs startup files while the kernel initialises, forked or not).
+    startup = tmp_path / "ipython" / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    (startup / "00-die-once.py").write_text(
+        "import os\n"
         "flag = os.environ.get('STACKLAB_TEST_KERNEL_DIES_ONCE', '')\n"
-        "if flag and 'ipykernel' in ' '.join(sys.orig_argv) and os.path.exists(flag):\n"
+        "if flag and os.path.exists(flag):\n"
         "    os.remove(flag)\n"
         "    os._exit(1)\n"
     )
     flag = tmp_path / "die-once"
     flag.touch()
-    monkeypatch.setenv("PYTHONPATH", str(site))
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     monkeypatch.setenv("STACKLAB_TEST_KERNEL_DIES_ONCE", str(flag))
+    monkeypatch.setenv("STACKLAB_FORK_KERNELS", fork)
     notebook = write_notebook(tmp_path / "t.ipynb", "x = 0", "open('o.txt', 'w').write(str(x))")
     spec = {
         "task_id": "t/x=1",

@@ -219,12 +219,10 @@ def leaks(root: Path, n_tasks: int) -> None:
     def fds() -> int:
         return psutil.Process().num_fds()
 
-    def kernels() -> int:
-        return sum(
-            1
-            for p in psutil.process_iter(["cmdline"])
-            if p.info["cmdline"] and "ipykernel_launcher" in " ".join(p.info["cmdline"])
-        )
+    def processes() -> int:
+        # Everything the worker started and still runs: its task host, and any task
+        # process or kernel (forked or not) left behind.
+        return len(psutil.Process().children(recursive=True))
 
     try:
         warm = parse_pipeline(
@@ -232,21 +230,21 @@ def leaks(root: Path, n_tasks: int) -> None:
         )
         run_pipeline(warm, root / "leak-warm", client=client, progress=False)
         before = next(iter(client.run(fds).values()))
-        kernels_before = kernels()
+        processes_before = next(iter(client.run(processes).values()))
         pipeline = parse_pipeline(
             {"steps": {"l": {"notebook": "leak.ipynb", "grid": {"i": list(range(n_tasks))}}}},
             root=root,
         )
         run_pipeline(pipeline, root / "leak-run", client=client, progress=False)
         after = next(iter(client.run(fds).values()))
-        kernels_after = kernels()
+        processes_after = next(iter(client.run(processes).values()))
     finally:
         client.close()
         cluster.close()
     print(f"[4] {n_tasks} sequential tasks on 1 worker")
     print(
-        f"    worker fds {before} -> {after}; kernel processes alive {kernels_before} -> "
-        f"{kernels_after}  (goal: flat, none left)"
+        f"    worker fds {before} -> {after}; processes under the worker (task host, "
+        f"tasks, kernels) {processes_before} -> {processes_after}  (goal: flat, none left)"
     )
 
 

@@ -1,0 +1,88 @@
+"""Kernels forked from the task host behave, for a notebook, like new kernels."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import psutil
+import pytest
+
+from stacklab.toolkit.batch import execute
+
+from .helpers import write_notebook
+
+pytestmark = pytest.mark.slow
+
+# Each task records what a notebook can see of its kernel process, registers an exit
+# handler and leaves a temporary folder for the kernel's own finalizers to remove.
+REPORT_CELL = """
+import atexit, json, os, random, sys, tempfile
+import psutil
+scratch = tempfile.TemporaryDirectory()
+exit_mark = os.path.join(os.getcwd(), 'exit.txt')
+atexit.register(lambda: open(exit_mark, 'w').write('ran'))
+json.dump({
+    'pid': os.getpid(),
+    'cmdline': psutil.Process().cmdline(),
+    'parent_pid': os.getppid(),
+    'session_leader': os.getsid(0) == os.getpid(),
+    'cwd': os.getcwd(),
+    'path': sys.path,
+    'main': sys.modules['__main__'].__name__,
+    'omp': os.environ.get('OMP_NUM_THREADS'),
+    'random': random.random(),
+    'scratch': scratch.name,
+    'x': x,
+}, open('report.json', 'w'))
+"""
+
+
+def _spec(tmp_path: Path, notebook: Path, x: int) -> dict:
+    return {
+        "task_id": f"t/x={x}",
+        "notebook": str(notebook),
+        "parameters": {"x": x},
+        "outputs": {"report": "report.json"},
+        "staging": str(tmp_path / f"staging-{x}"),
+        "timeout_s": 120,
+        "cancel_file": str(tmp_path / "cancel"),
+        "runner_pid": os.getpid(),
+        "runner_host": socket.gethostname(),
+    }
+
+
+@pytest.mark.parametrize("fork", ["1", "0"], ids=["forked-kernel", "new-interpreter"])
+def test_every_task_gets_a_fresh_kernel_that_exits_cleanly(tmp_path, monkeypatch, fork):
+    monkeypatch.setenv("STACKLAB_FORK_KERNELS", fork)
+    notebook = write_notebook(tmp_path / "t.ipynb", "x = 0", REPORT_CELL)
+    host = execute.TaskHost()
+    reports = []
+    try:
+        for x in range(3):  # the host serves several tasks: each must get its own kernel
+            result = execute.execute_task(_spec(tmp_path, notebook, x), host=host)
+            assert result["status"] == "ok", result
+            attempt = Path(result["attempt_dir"])
+            report = json.loads((attempt / "report.json").read_text())
+            reports.append(report)
+            assert report["x"] == x
+            # The kernel ran in the attempt folder, exited, ran the notebook's exit
+            # handler and its own finalizers, and left no process behind.
+            assert Path(report["cwd"]) == attempt.resolve()
+            assert (attempt / "exit.txt").read_text() == "ran"
+            assert not Path(report["scratch"]).exists()
+            assert not psutil.pid_exists(report["pid"])
+    finally:
+        host.close()
+    forked = [" ".join(r["cmdline"]).count("ipykernel_launcher") == 0 for r in reports]
+    assert forked == [fork == "1"] * 3
+    for report in reports:
+        assert report["session_leader"]  # interrupts and kills reach the kernel's group
+        # ipykernel's working-folder entry, and not the folder the host was started in
+        assert "" in report["path"] and os.getcwd() not in report["path"]
+        assert report["main"] == "__main__"
+        assert report["omp"] == "1"
+    assert len({r["pid"] for r in reports}) == 3
+    assert len({r["random"] for r in reports}) == 3  # not one random state copied thrice
