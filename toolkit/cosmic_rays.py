@@ -282,9 +282,9 @@ def _sharp_pixels(
     ratios: tuple[float, float],
     config: CosmicRayConfig,
 ) -> NDArray[np.bool_]:
-    image = np.where(ignore, np.float32(0.0), exposure.image).astype(np.float32)
+    image = np.where(ignore, np.float32(0.0), exposure.image).astype(np.float32, copy=False)
     sigma = np.sqrt(np.where(ignore | ~(exposure.variance > 0), np.inf, exposure.variance))
-    sigma = sigma.astype(np.float32)
+    sigma = sigma.astype(np.float32, copy=False)
     candidate = image > config.min_sigma * sigma
     # Edges of saturated cores and bleed trails are sharp but not cosmic rays.
     if "SAT" in exposure.mask_planes:
@@ -314,20 +314,24 @@ def _interpolate(
     image: NDArray[np.float32], unusable: NDArray[np.bool_], target: NDArray[np.bool_]
 ) -> NDArray[np.float32]:
     # Median of the good pixels in a growing box; boxes widen until one is found.
+    # Windows are gathered around the target pixels only (no padded image copies);
+    # pixels off the image count as unusable.
     out = image.copy()
-    good = np.where(unusable, np.nan, image).astype(np.float32)
-    todo = target.copy()
+    ny, nx = image.shape
+    ys, xs = np.nonzero(target)
     for half in (1, 2, 3, 5, 8):
-        if not todo.any():
+        if len(ys) == 0:
             break
-        ys, xs = np.nonzero(todo)
-        size = 2 * half + 1
-        pad = np.pad(good, half, constant_values=np.nan)
-        windows = np.lib.stride_tricks.sliding_window_view(pad, (size, size))[ys, xs]
+        offsets = np.arange(-half, half + 1)
+        wy = (ys[:, None] + offsets[None, :])[:, :, None]
+        wx = (xs[:, None] + offsets[None, :])[:, None, :]
+        off = (wy < 0) | (wy >= ny) | (wx < 0) | (wx >= nx)
+        cy, cx = np.clip(wy, 0, ny - 1), np.clip(wx, 0, nx - 1)
+        windows = np.where(off | unusable[cy, cx], np.nan, image[cy, cx]).astype(np.float32)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows: widen next
             values = np.nanmedian(windows.reshape(len(ys), -1), axis=1)
         ok = np.isfinite(values)
         out[ys[ok], xs[ok]] = values[ok]
-        todo[ys[ok], xs[ok]] = False
+        ys, xs = ys[~ok], xs[~ok]
     return out

@@ -194,22 +194,29 @@ def deblend_sources(
     rows: list[tuple[int, int, int, int, int, int, float, bool, float]] = []
     heavy: list[HeavyFootprint] = []
     next_id = 1
-    for fp in detections.footprints:
-        fid = int(fp["id"])
-        y0, y1, x0, x1 = int(fp["y_min"]), int(fp["y_max"]), int(fp["x_min"]), int(fp["x_max"])
+    # Plain arrays: Table rows and column slices cost more per footprint than the maths.
+    footprints = detections.footprints
+    boxes = zip(
+        *(footprints[name].tolist() for name in ("id", "y_min", "y_max", "x_min", "x_max")),
+        strict=True,
+    )
+    n_pixels = footprints["n_pixels"].tolist()
+    peak_x, peak_y = np.asarray(peaks["x"]), np.asarray(peaks["y"])
+    peak_significance = np.asarray(peaks["significance"])
+    for row, (fid, y0, y1, x0, x1) in enumerate(boxes):
         inside = labels[y0 : y1 + 1, x0 : x1 + 1] == fid
         stamp = np.where(inside, np.nan_to_num(image[y0 : y1 + 1, x0 : x1 + 1]), 0.0)
         lo, hi = by_footprint[fid - 1], by_footprint[fid]
-        px = np.asarray(peaks["x"][lo:hi]) - x0
-        py = np.asarray(peaks["y"][lo:hi]) - y0
-        sig = np.asarray(peaks["significance"][lo:hi])
+        px = peak_x[lo:hi] - x0
+        py = peak_y[lo:hi] - y0
+        sig = peak_significance[lo:hi]
         if len(px) == 0:  # a footprint whose only maxima were culled: use its brightest pixel
             iy, ix = np.unravel_index(int(np.argmax(np.where(inside, stamp, -np.inf))), stamp.shape)
             px, py, sig = np.array([ix]), np.array([iy]), np.array([np.nan])
         parent_weights = inside.astype(np.float32)
         parent_flux = float(stamp.sum(dtype=np.float64))
         n_peaks = len(px)
-        skipped = n_peaks > config.max_children or int(fp["n_pixels"]) > config.max_footprint_pixels
+        skipped = n_peaks > config.max_children or n_pixels[row] > config.max_footprint_pixels
         parent_id = next_id
         next_id += 1
         if n_peaks == 1 or skipped:

@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 _FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 _POLARITIES = ("positive", "both")
-# Rows per strip of the matched filter: small enough to keep its transforms in cache-sized
-# pieces and off the memory peak, large next to the kernel.
+# Rows per strip of the matched filter and of footprint sums: a strip's transforms and
+# copies stay a small fraction of the image, and strips are long next to the kernel.
 _BLOCK_ROWS = 512
 
 

@@ -443,11 +443,15 @@ def fit_psf(
     bright = np.asarray(src["peak_significance"]) >= config.min_snr
     cand = np.flatnonzero(single & bright)
     cand = cand[np.argsort(-np.asarray(src["peak_significance"])[cand])]
+    # Plain arrays for the loops: indexing Table columns per star is slow.
+    parent_row_of = np.where(is_child, parent_rows, -1)
+    peak_x, peak_y = np.asarray(src["peak_x"]), np.asarray(src["peak_y"])
+    footprint_of, id_of = np.asarray(src["footprint"]), np.asarray(src["id"])
     # First pass: moments of candidates in a generous stamp to find the locus.
     guess_half = 12
     rows = []
     for i in cand[: 4 * config.max_stars]:
-        ix, iy = int(src["peak_x"][i]), int(src["peak_y"][i])
+        ix, iy = int(peak_x[i]), int(peak_y[i])
         if not inside_fraction((ny, nx), ix, iy, guess_half):
             continue
         stamp = np.nan_to_num(cutout(image, ix, iy, guess_half).astype(np.float64))
@@ -455,13 +459,13 @@ def fit_psf(
             continue
         if stamp.max() > config.max_peak_fraction * saturate:
             continue
-        bad = _neighbours(labels, ix, iy, guess_half, int(src["footprint"][i]))
-        bad |= _siblings(sources, i, ix, iy, guess_half)
+        bad = _neighbours(labels, ix, iy, guess_half, int(footprint_of[i]))
+        bad |= _siblings(sources, parent_row_of, i, ix, iy, guess_half)
         shape = _hsm(stamp, bad)
         if shape is None:
             continue
         T, e1, e2, cx, cy, _ = shape
-        rows.append((int(src["id"][i]), ix - guess_half + cx, iy - guess_half + cy, T, e1, e2, i))
+        rows.append((int(id_of[i]), ix - guess_half + cx, iy - guess_half + cy, T, e1, e2, i))
     stamp_size = config.stamp_size
     if len(rows) < _MIN_STARS:
         return _fallback(config, f"only {len(rows)} PSF star candidates", stamp_size)
@@ -483,8 +487,8 @@ def fit_psf(
         if not inside_fraction((ny, nx), ix, iy, half + pad):
             continue
         big = np.nan_to_num(cutout(image, ix, iy, half + pad).astype(np.float64))
-        bad = _neighbours(labels, ix, iy, half + pad, int(src["footprint"][i]))
-        bad |= _siblings(sources, i, ix, iy, half + pad)
+        bad = _neighbours(labels, ix, iy, half + pad, int(footprint_of[i]))
+        bad |= _siblings(sources, parent_row_of, i, ix, iy, half + pad)
         bad = bad | ((cutout(exposure.mask, ix, iy, half + pad) & reject_bits) != 0)
         var = cutout(variance, ix, iy, half + pad).astype(np.float64)
         shifted = fft_shift(np.where(bad, 0.0, big), -(x - ix), -(y - iy))
@@ -599,14 +603,16 @@ def _neighbours(
     return np.asarray((stamp != 0) & (stamp != own))
 
 
-def _siblings(sources: Deblended, index: int, ix: int, iy: int, half: int) -> NDArray[np.bool_]:
-    # Pixels of a child's stamp that mostly belong to its siblings.
+def _siblings(
+    sources: Deblended, parent_rows: NDArray[np.intp], index: int, ix: int, iy: int, half: int
+) -> NDArray[np.bool_]:
+    # Pixels of a child's stamp that mostly belong to its siblings (parent_rows: the
+    # row of each source's parent, -1 for none).
     size = 2 * half + 1
-    if int(sources.sources["parent"][index]) == 0:
+    if parent_rows[index] < 0:
         return np.zeros((size, size), dtype=bool)
     heavy = sources.heavy_footprints[index]
-    parent_row = int(np.searchsorted(sources.sources["id"], sources.sources["parent"][index]))
-    parent = sources.heavy_footprints[parent_row]
+    parent = sources.heavy_footprints[int(parent_rows[index])]
     box = (ix - half, iy - half, (size, size))
     return np.asarray((parent.weights_on(*box) > 0) & (heavy.weights_on(*box) < _CHILD_MIN_WEIGHT))
 
