@@ -20,7 +20,10 @@ pytestmark = pytest.mark.slow
 # handler and leaves a temporary folder for the kernel's own finalizers to remove.
 REPORT_CELL = """
 import atexit, json, os, random, sys, tempfile
-import psutil
+import numpy, psutil
+threads_before = psutil.Process().num_threads()
+matrix = numpy.ones((400, 400))
+matrix @ matrix  # a BLAS that uses threads starts them now
 scratch = tempfile.TemporaryDirectory()
 exit_mark = os.path.join(os.getcwd(), 'exit.txt')
 atexit.register(lambda: open(exit_mark, 'w').write('ran'))
@@ -33,6 +36,7 @@ json.dump({
     'path': sys.path,
     'main': sys.modules['__main__'].__name__,
     'omp': os.environ.get('OMP_NUM_THREADS'),
+    'blas_threads': psutil.Process().num_threads() - threads_before,
     'random': random.random(),
     'scratch': scratch.name,
     'x': x,
@@ -84,5 +88,6 @@ def test_every_task_gets_a_fresh_kernel_that_exits_cleanly(tmp_path, monkeypatch
         assert "" in report["path"] and os.getcwd() not in report["path"]
         assert report["main"] == "__main__"
         assert report["omp"] == "1"
+        assert report["blas_threads"] == 0  # one task per core: single-threaded BLAS
     assert len({r["pid"] for r in reports}) == 3
     assert len({r["random"] for r in reports}) == 3  # not one random state copied thrice

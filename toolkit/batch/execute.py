@@ -27,7 +27,7 @@ from typing import IO, Any
 
 import psutil  # type: ignore[import-untyped,unused-ignore]
 
-from .taskhost import RESULT_NAME, SPEC_NAME
+from .taskhost import KERNEL_ENV, RESULT_NAME, SPEC_NAME
 
 __all__ = ["TaskHost", "execute_task", "kill_tree"]
 
@@ -45,8 +45,11 @@ class TaskHost:
         self._owner = os.getpid()
 
     def _start(self) -> subprocess.Popen[str]:
+        # The kernel environment is set before the host starts: its kernels are forks of
+        # it, and numerical libraries fix their thread counts when they are imported.
         proc = subprocess.Popen(
             [sys.executable, "-m", "stacklab.toolkit.batch.hostmain"],
+            env={**os.environ, **KERNEL_ENV},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
