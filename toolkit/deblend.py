@@ -326,11 +326,13 @@ def _share(
         amplitude *= np.where(denominator > 0, numerator / np.maximum(denominator, 1e-300), 1.0)
     # A peak whose template the fit rejects still keeps its share near its centre.
     amplitude = np.maximum(amplitude, 1e-3)
-    scaled = sparse.diags(amplitude) @ matrix
-    total = np.asarray(scaled.sum(axis=0)).ravel()
+    # Scale rows and columns on the stored values (same structure, no sparse products).
+    weights = matrix
+    weights.data *= np.repeat(amplitude, np.diff(weights.indptr))
+    total = np.bincount(weights.indices, weights=weights.data, minlength=ny * nx)
     claimed = total > 1e-12 * max(float(total.max()), 1e-300)
     inv_total = np.where(claimed, 1.0 / np.where(claimed, total, 1.0), 0.0)
-    weights = scaled.multiply(inv_total[None, :]).tocsr()
+    weights.data *= inv_total[weights.indices]
     # Stray flux: inside pixels no template claims, shared by the nearest peaks.
     stray = inside.ravel() & ~claimed
     stray_idx = np.flatnonzero(stray)
