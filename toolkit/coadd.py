@@ -405,9 +405,7 @@ def coadd(
             same_bits = all(planes[name] == bit for name, bit in warp.mask_planes.items())
             mask = warp.mask if same_bits else warp.mask_planes.remap(warp.mask, planes)
             good = (mask & bad_bits) == 0
-            mean_var = _clipped_mean_of(
-                variance[good].astype(np.float64), config.weight_sigma_clip, 2
-            )
+            mean_var = _clipped_mean_of(variance[good], config.weight_sigma_clip, 2)
             if not np.isfinite(mean_var) or mean_var <= 0:
                 skipped.append(f"visit {exposure.visit}: no usable pixels on patch {patch.name}")
                 log.warning("skipping visit %s: no usable pixels on the patch", exposure.visit)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .compare_warp import find_artifacts
+from .compare_warp import find_artifacts, region_margin
 from .safe_clip import clipped_pixels, find_clip_regions
 
 if TYPE_CHECKING:
@@ -114,19 +114,25 @@ class _DiskStack:
             part.tofile(f)
 
 
-def _clipped_mean_of(values: NDArray[np.float64], sigma: float, iterations: int) -> float:
+def _clipped_mean_of(values: NDArray[np.floating], sigma: float, iterations: int) -> float:
+    """Mean of ``values`` after ``iterations`` of ``sigma`` clipping about median, then mean.
+
+    Sums are accumulated in float64 whatever the input type, so float32 planes need
+    no float64 copy.
+    """
     values = values[np.isfinite(values)]
     if values.size == 0:
         return float("nan")
-    keep = values
+    mean = float(np.mean(values, dtype=np.float64))
     centre = float(np.median(values))
-    spread = float(np.std(values))
+    spread = float(np.std(values, dtype=np.float64))
     for _ in range(iterations):
         if spread == 0:
             break
         keep = values[np.abs(values - centre) <= sigma * spread]
-        centre, spread = float(np.mean(keep)), float(np.std(keep))
-    return float(np.mean(keep))
+        mean = float(np.mean(keep, dtype=np.float64))
+        centre, spread = mean, float(np.std(keep, dtype=np.float64))
+    return mean
 
 
 def _sorted_quantile(
@@ -253,22 +259,34 @@ def _mark_compare_warp(
         template_var[y0:y1] = np.where(ok, value_var, 0.0)
         n_good[y0:y1] = usable.sum(axis=0)
 
+    margin = region_margin(psf_sigma, cw)
+
+    def region(i: int) -> tuple[slice, slice]:
+        by0, by1, bx0, bx1 = stack.boxes[i]
+        return (
+            slice(max(0, by0 - margin), min(ny, by1 + margin)),
+            slice(max(0, bx0 - margin), min(nx, bx1 + margin)),
+        )
+
     def warp(i: int) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
-        mask = stack.full("mask", i)
-        image = stack.full("image", i).astype(np.float64)
-        variance = stack.full("variance", i).astype(np.float64)
+        rows, columns = region(i)
+        mask = stack.rows("mask", i, rows.start, rows.stop)[:, columns]
+        image = stack.rows("image", i, rows.start, rows.stop)[:, columns].astype(np.float64)
+        variance = stack.rows("variance", i, rows.start, rows.stop)[:, columns].astype(np.float64)
         usable = ((mask & bad_bits) == 0) & np.isfinite(image) & np.isfinite(variance)
         return image, variance, usable
 
     clipped = find_artifacts(
-        template, template_var, n_good, warp, stack.n, psf_sigma_px=psf_sigma, config=cw
-    )
+        template, template_var, n_good, warp, stack.n, psf_sigma_px=psf_sigma, config=cw,
+        regions=region,
+    )  # fmt: skip
     for i in range(stack.n):
         clip = clipped(i)
         if clip is not None:
-            mask = stack.full("mask", i)
-            mask[clip] |= np.int32(clip_bit)
-            stack.write_rows("mask", i, 0, mask)
+            rows, columns = region(i)
+            mask = stack.rows("mask", i, rows.start, rows.stop)
+            mask[:, columns][clip] |= np.int32(clip_bit)
+            stack.write_rows("mask", i, rows.start, mask)
 
 
 def _read_chunk(

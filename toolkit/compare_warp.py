@@ -35,7 +35,7 @@ from scipy import ndimage
 
 from .safe_clip import _EIGHT, _detect_on_warp, _drop_small, _grow
 
-__all__ = ["CompareWarpConfig", "find_artifacts"]
+__all__ = ["CompareWarpConfig", "find_artifacts", "region_margin"]
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,11 @@ def _candidates(
     return labels.astype(np.int32), int(n)
 
 
+def region_margin(psf_sigma_px: float, config: CompareWarpConfig) -> int:
+    """Pixels around a warp's data that its candidates can reach (by growing), for regions."""
+    return int(np.ceil(config.n_sigma_to_grow * psf_sigma_px)) + 2
+
+
 def find_artifacts(
     template: NDArray[np.float64],
     template_variance: NDArray[np.float64],
@@ -159,6 +164,7 @@ def find_artifacts(
     *,
     psf_sigma_px: float,
     config: CompareWarpConfig | None = None,
+    regions: Callable[[int], tuple[slice, slice]] | None = None,
 ) -> Callable[[int], NDArray[np.bool_] | None]:
     """Find the artifacts of every warp against a static-sky template.
 
@@ -169,19 +175,26 @@ def find_artifacts(
     n_good : numpy.ndarray of int
         Warps with usable data at each pixel.
     warp : callable
-        ``warp(i)`` returns warp ``i``'s image, variance and usable-pixel mask;
-        it is called twice per warp, one warp in memory at a time.
+        ``warp(i)`` returns warp ``i``'s image, variance and usable-pixel mask (on
+        its region when ``regions`` is given); it is called once per warp, one
+        warp in memory at a time.
     n_warps : int
         Number of warps.
     psf_sigma_px : float
         Gaussian sigma of the PSF (px).
     config : CompareWarpConfig, optional
         Thresholds and filters.
+    regions : callable, optional
+        ``regions(i)`` gives the ``(rows, columns)`` slices of the template holding
+        every pixel where warp ``i`` has data, grown by :func:`region_margin`; the
+        work per warp then follows its region, with the same result as on the
+        whole grid. By default every warp spans the whole grid.
 
     Returns
     -------
     callable
-        ``clipped(i)``: boolean image of warp ``i``'s artifact pixels, or None.
+        ``clipped(i)``: boolean image of warp ``i``'s artifact pixels (on its
+        region when ``regions`` is given), or None.
     """
     config = CompareWarpConfig() if config is None else config
     ok = n_good > 0
@@ -193,12 +206,17 @@ def find_artifacts(
             grow_sigma=config.template_grow_sigma,
         )  # fmt: skip
         sources = positive
+    everywhere = (slice(None), slice(None))
 
-    def candidates(i: int) -> tuple[NDArray[np.int32], int, NDArray[np.bool_]]:
+    def region_of(i: int) -> tuple[slice, slice]:
+        return regions(i) if regions is not None else everywhere
+
+    def candidates(i: int) -> tuple[NDArray[np.int32], int]:
         image, variance, usable = warp(i)
-        both = usable & ok
-        diff = np.where(both, image - template, 0.0)
-        noise = np.where(both, variance + template_variance, 0.0)
+        at = region_of(i)
+        both = usable & ok[at]
+        diff = np.where(both, image - template[at], 0.0)
+        noise = np.where(both, variance + template_variance[at], 0.0)
         labels, n = _candidates(diff, noise, both, psf_sigma_px, config)
         if n:
             unmasked = np.bincount(labels.ravel(), weights=usable.ravel(), minlength=n + 1)
@@ -206,32 +224,41 @@ def find_artifacts(
             keep = unmasked > config.prefilter_ratio * size
             keep[0] = False
             labels = np.where(keep[labels], labels, 0).astype(np.int32)
-        return labels, n, usable
+        return labels, n
 
+    # Candidates are found once per warp and kept as their (few) labelled pixels.
+    found: list[tuple[tuple[int, ...], NDArray[np.intp], NDArray[np.int32], int]] = []
     epoch_count = np.zeros(template.shape, dtype=np.int16)
     for i in range(n_warps):
-        labels, _, _ = candidates(i)
-        epoch_count += (labels > 0).astype(np.int16)
+        labels, n = candidates(i)
+        pixels = np.flatnonzero(labels)
+        found.append((labels.shape, pixels, labels.ravel()[pixels], n))
+        epoch_count[region_of(i)] += (labels > 0).astype(np.int16)
+        del labels
 
     def clipped(i: int) -> NDArray[np.bool_] | None:
-        labels, n, _ = candidates(i)
-        if n == 0:
+        shape, pixels, values, n = found[i]
+        if n == 0 or pixels.size == 0:
             return None
+        at = region_of(i)
+        labels = np.zeros(shape, dtype=np.int32)
+        labels.ravel()[pixels] = values
         flat = labels.ravel()
         size = np.bincount(flat, minlength=n + 1).astype(float)
-        mean_n = np.bincount(flat, weights=n_good.ravel(), minlength=n + 1) / np.maximum(size, 1)
+        good_here = n_good[at].ravel()
+        mean_n = np.bincount(flat, weights=good_here, minlength=n + 1) / np.maximum(size, 1)
         eff_max = np.floor(
             np.minimum(
                 config.max_fraction_epochs_low * mean_n,
                 config.max_num_epochs + config.max_fraction_epochs_high * mean_n,
             )
         )
-        count = epoch_count.ravel()
+        count = epoch_count[at].ravel()
         passing = (count > 0) & (count <= eff_max[flat])
         frac = np.bincount(flat, weights=passing, minlength=n + 1) / np.maximum(size, 1)
         artifact = frac > config.spatial_threshold
         if config.preserve_contained_by_source:
-            in_source = np.bincount(flat, weights=sources.ravel(), minlength=n + 1)
+            in_source = np.bincount(flat, weights=sources[at].ravel(), minlength=n + 1)
             artifact &= in_source < size
         artifact[0] = False
         if not artifact.any():
