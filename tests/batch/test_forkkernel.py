@@ -91,3 +91,34 @@ def test_every_task_gets_a_fresh_kernel_that_exits_cleanly(tmp_path, monkeypatch
         assert report["blas_threads"] == 0  # one task per core: single-threaded BLAS
     assert len({r["pid"] for r in reports}) == 3
     assert len({r["random"] for r in reports}) == 3  # not one random state copied thrice
+
+
+def test_a_host_whose_imported_code_changed_is_replaced(tmp_path, monkeypatch):
+    # The host imports sitecustomize at start; editing it must reach the next task's
+    # kernel, as it would reach a new interpreter.
+    site = tmp_path / "site"
+    site.mkdir()
+    module = site / "sitecustomize.py"
+    module.write_text("VALUE = 1\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    notebook = write_notebook(
+        tmp_path / "t.ipynb",
+        "x = 0",
+        "import json, sitecustomize\n"
+        "json.dump({'value': sitecustomize.VALUE}, open('report.json', 'w'))",
+    )
+    host = execute.TaskHost()
+    values = []
+    try:
+        for x in range(3):
+            if x == 2:
+                module.write_text("VALUE = 2\n")
+                stat = module.stat()
+                os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+            result = execute.execute_task(_spec(tmp_path, notebook, x), host=host)
+            assert result["status"] == "ok", result
+            report = json.loads((Path(result["attempt_dir"]) / "report.json").read_text())
+            values.append(report["value"])
+    finally:
+        host.close()
+    assert values == [1, 1, 2]

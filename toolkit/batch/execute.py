@@ -27,7 +27,7 @@ from typing import IO, Any
 
 import psutil  # type: ignore[import-untyped,unused-ignore]
 
-from .taskhost import KERNEL_ENV, RESULT_NAME, SPEC_NAME
+from .taskhost import KERNEL_ENV, RESULT_NAME, SPEC_NAME, STALE_ANSWER
 
 __all__ = ["TaskHost", "execute_task", "kill_tree"]
 
@@ -68,7 +68,8 @@ class TaskHost:
     def launch(self, spec_path: Path) -> int:
         """Fork a child running the task described by ``spec_path``; return its pid.
 
-        A host that died since the last task (killed, out of memory) is restarted once.
+        A host that died since the last task (killed, out of memory) is restarted once,
+        and so is a host that reports a module it imported changed on disk.
         """
         with self._lock:
             try:
@@ -90,7 +91,7 @@ class TaskHost:
                 self._proc.stdout.close()
             self._proc = None
 
-    def _request(self, spec_path: Path) -> int:
+    def _request(self, spec_path: Path, *, restart_stale: bool = True) -> int:
         if self._proc is None or self._proc.poll() is not None or self._owner != os.getpid():
             if self._proc is not None and self._owner == os.getpid():
                 for stream in (self._proc.stdin, self._proc.stdout):
@@ -102,7 +103,11 @@ class TaskHost:
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._proc.stdin.write(f"{spec_path}\n")
         self._proc.stdin.flush()
-        return int(self._proc.stdout.readline())
+        answer = self._proc.stdout.readline().strip()
+        if answer == STALE_ANSWER and restart_stale:
+            self._proc.wait()  # the host exits; a new one imports the code on disk
+            return self._request(spec_path, restart_stale=False)
+        return int(answer)
 
 
 _HOST = TaskHost()

@@ -15,7 +15,9 @@ task it forks a child, which
 - checks the executed notebook, caps huge stream outputs and the declared outputs, and
 - writes ``.result.json`` atomically before exiting.
 
-The host reads one spec path per line on stdin and answers with the child's pid.
+The host reads one spec path per line on stdin and answers with the child's pid, or
+with ``stale`` (and exits) when a source file of a module it imported has changed since
+it started, so that no task runs code older than what is on disk.
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ from .forkkernel import (
     preload_kernel_modules,
 )
 
-__all__ = ["RESULT_NAME", "SPEC_NAME", "main", "run_notebook_task"]
+__all__ = ["RESULT_NAME", "SPEC_NAME", "STALE_ANSWER", "main", "run_notebook_task"]
 
 RESULT_NAME = ".result.json"
+#: The host's answer, instead of a pid, when a module it imported changed on disk.
+STALE_ANSWER = "stale"
 SPEC_NAME = ".task.json"
 LOG_NAME = "task.log"
 #: Stream outputs longer than this (characters) are cut in the kept notebook.
@@ -325,6 +329,28 @@ def _child(spec_path: Path, host_pid: int) -> None:
     os._exit(0)
 
 
+def _module_sources() -> dict[str, int]:
+    """Modification times (ns) of the source files of every module imported so far."""
+    sources = {}
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if isinstance(path, str):
+            with contextlib.suppress(OSError):
+                sources[path] = os.stat(path).st_mtime_ns
+    return sources
+
+
+def _sources_changed(sources: dict[str, int]) -> bool:
+    """Whether any file of `_module_sources` was modified or removed since (about 5 ms)."""
+    for path, mtime_ns in sources.items():
+        try:
+            if os.stat(path).st_mtime_ns != mtime_ns:
+                return True
+        except OSError:
+            return True
+    return False
+
+
 def main() -> int:
     """Serve fork requests on stdin until it closes (entry point of the host process)."""
     _die_with_parent(signal.SIGKILL)
@@ -351,10 +377,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="stacklab-kernels-") as folder:
         install_kernelspec(Path(folder), fork=fork)
         host_pid = os.getpid()
+        sources = _module_sources()
         sys.stdout.write("ready\n")
         sys.stdout.flush()
         for line in sys.stdin:
             spec_path = Path(line.strip())
+            if _sources_changed(sources):
+                # Tasks (and forked kernels) must run the code on disk, not what this
+                # host imported before a module was edited or reinstalled: ask for a
+                # new host.
+                sys.stdout.write(f"{STALE_ANSWER}\n")
+                sys.stdout.flush()
+                return 0
             pid = os.fork()
             if pid == 0:
                 # A forked child must never return into this loop: its unwinding would run
