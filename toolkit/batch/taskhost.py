@@ -336,7 +336,7 @@ def _module_sources() -> dict[str, int]:
         path = getattr(module, "__file__", None)
         if isinstance(path, str):
             with contextlib.suppress(OSError):
-                sources[path] = os.stat(path).st_mtime_ns
+                sources[path] = Path(path).stat().st_mtime_ns
     return sources
 
 
@@ -344,7 +344,7 @@ def _sources_changed(sources: dict[str, int]) -> bool:
     """Whether any file of `_module_sources` was modified or removed since (about 5 ms)."""
     for path, mtime_ns in sources.items():
         try:
-            if os.stat(path).st_mtime_ns != mtime_ns:
+            if Path(path).stat().st_mtime_ns != mtime_ns:
                 return True
         except OSError:
             return True
