@@ -207,10 +207,14 @@ def _mark_safe_clip(
     step = _chunk_rows(config.chunk_rows, stack.n, nx)
     for y0 in range(0, ny, step):
         y1 = min(y0 + step, ny)
-        data, var, usable = _read_chunk(stack, y0, y1, bad_bits)
-        mean, _, _ = _combine(data, var, usable, weights, "mean", 0.0, 0)
+        # Inputs without rows here would only add empty layers to the stack.
+        inputs = _overlapping(stack, y0, y1)
+        if not inputs:
+            continue
+        data, var, usable = _read_chunk(stack, y0, y1, bad_bits, inputs)
+        mean, _, _ = _combine(data, var, usable, weights[inputs], "mean", 0.0, 0)
         clipped, _, _ = _combine(
-            data, var, usable, weights, "clipped_mean",
+            data, var, usable, weights[inputs], "clipped_mean",
             config.safe_clip.sigma_clip, config.safe_clip.clip_iterations,
         )  # fmt: skip
         ok = usable.any(axis=0)
@@ -249,9 +253,12 @@ def _mark_compare_warp(
     step = _chunk_rows(config.chunk_rows, stack.n, nx)
     for y0 in range(0, ny, step):
         y1 = min(y0 + step, ny)
-        data, var, usable = _read_chunk(stack, y0, y1, bad_bits)
+        inputs = _overlapping(stack, y0, y1)
+        if not inputs:
+            continue
+        data, var, usable = _read_chunk(stack, y0, y1, bad_bits, inputs)
         value, value_var, _ = _combine(
-            data, var, usable, weights, "clipped_mean",
+            data, var, usable, weights[inputs], "clipped_mean",
             cw.template_sigma_clip, cw.template_clip_iterations,
         )  # fmt: skip
         ok = usable.any(axis=0)
@@ -289,11 +296,18 @@ def _mark_compare_warp(
             stack.write_rows("mask", i, rows.start, mask)
 
 
+def _overlapping(stack: _DiskStack, y0: int, y1: int) -> list[int]:
+    """Return the inputs whose box has rows in ``y0..y1-1`` (the others have no data there)."""
+    return [i for i, box in enumerate(stack.boxes) if box[0] < y1 and box[1] > y0]
+
+
 def _read_chunk(
-    stack: _DiskStack, y0: int, y1: int, bad_bits: int
+    stack: _DiskStack, y0: int, y1: int, bad_bits: int, inputs: list[int] | None = None
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
-    data = np.stack([stack.rows("image", i, y0, y1) for i in range(stack.n)]).astype(np.float64)
-    var = np.stack([stack.rows("variance", i, y0, y1) for i in range(stack.n)]).astype(np.float64)
-    mask = np.stack([stack.rows("mask", i, y0, y1) for i in range(stack.n)])
+    """Stack rows ``y0..y1-1`` of ``inputs`` (default all) as ``(n, rows, nx)`` arrays."""
+    inputs = list(range(stack.n)) if inputs is None else inputs
+    data = np.stack([stack.rows("image", i, y0, y1) for i in inputs]).astype(np.float64)
+    var = np.stack([stack.rows("variance", i, y0, y1) for i in inputs]).astype(np.float64)
+    mask = np.stack([stack.rows("mask", i, y0, y1) for i in inputs])
     usable = ((mask & bad_bits) == 0) & np.isfinite(data) & np.isfinite(var)
     return data, var, usable

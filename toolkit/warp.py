@@ -636,7 +636,7 @@ def _warp_box(exposure: Exposure, wcs: WCS, shape: tuple[int, int], config: Warp
     repeated, tiled = _outer_tables(a)
     n_taps = taps * taps
     weight_buffer = other_buffer = np.empty(0, dtype=np.float32)
-    index_buffer = np.empty(0, dtype=index_dtype)
+    offsets_tiled = np.empty(0, dtype=index_dtype)
     reach_width = reach.shape[1]
     reach_flat = reach.ravel()
     for chunk, r0 in enumerate(range(0, bny, config.chunk_rows)):
@@ -667,22 +667,23 @@ def _warp_box(exposure: Exposure, wcs: WCS, shape: tuple[int, int], config: Warp
         if weight_buffer.size < m * n_taps:
             weight_buffer = np.empty(m * n_taps, dtype=np.float32)
             other_buffer = np.empty(m * n_taps, dtype=np.float32)
-            index_buffer = np.empty(m * n_taps, dtype=index_dtype)
+            offsets_tiled = np.tile(tap_offsets, m)
         weights = weight_buffer[: m * n_taps].reshape(m, n_taps)
         other = other_buffer[: m * n_taps].reshape(m, n_taps)
-        indices = index_buffer[: m * n_taps].reshape(m, n_taps)
         np.take(repeated, qy, axis=0, out=weights, mode="clip")
         np.take(tiled, qx, axis=0, out=other, mode="clip")
         np.multiply(weights, other, out=weights)
-        np.add(starts[:, None], tap_offsets[None, :], out=indices)
+        # Flat repeat plus tiled offsets: faster than a broadcast add with 36-long rows.
+        indices = np.repeat(starts, n_taps)
+        indices += offsets_tiled[: m * n_taps]
         indptr = np.arange(0, m * n_taps + 1, n_taps, dtype=index_dtype)
-        kernel = csr_matrix((weights.ravel(), indices.ravel(), indptr), shape=(m, size))
+        kernel = csr_matrix((weights.ravel(), indices, indptr), shape=(m, size))
         acc_i = kernel @ image_p
         # The covariance factor is a property of the whole warp: estimated from one
         # chunk in a few, it costs a fraction of a matrix product per pixel.
         acc_wv = kernel @ var_p if chunk % _COVARIANCE_EVERY == 0 else None
         np.multiply(weights, weights, out=other)
-        squared = csr_matrix((other.ravel(), indices.ravel(), indptr), shape=(m, size))
+        squared = csr_matrix((other.ravel(), indices, indptr), shape=(m, size))
         acc_v = squared @ var_p
         del kernel, squared
         acc_w = np.ones(m, dtype=np.float32)
