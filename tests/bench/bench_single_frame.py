@@ -53,9 +53,9 @@ try:
 except OSError:
     pass
 base = status_kb("VmRSS")
-t = time.perf_counter()
+t, cpu = time.perf_counter(), time.process_time()
 res = process_frame(exp)
-wall = time.perf_counter() - t
+wall, cpu = time.perf_counter() - t, time.process_time() - cpu
 peak = status_kb("VmHWM")
 res.catalog.write(sys.argv[2], overwrite=True)
 fits.HDUList([fits.PrimaryHDU(), res.psf.to_hdu()]).writeto(sys.argv[3], overwrite=True)
@@ -63,19 +63,21 @@ stars = res.psf_fit.stars
 stars.write(sys.argv[4], overwrite=True)
 v = res.psf_fit.validation
 print(" ".join(f"{k}={t:.2f}" for k, t in res.timings.items()))
-print(wall, base, peak, res.aperture_correction, v.size_residual_mean, v.size_residual_rms,
+print(wall, cpu, base, peak, res.aperture_correction, v.size_residual_mean, v.size_residual_rms,
       v.rho.mean("rho1", 0.2, 1.0) if v.rho else float("nan"))
 """
 
 # The peers run from a small helper process, so that their max RSS is their own
-# (see above); it prints the wall time and the largest child's max RSS (kB).
+# (see above); it prints the wall time, the CPU time (user + system) and the
+# largest child's max RSS (kB). CPU time is the steadier figure on a shared machine.
 _PEER_RUNNER = """
 import json, resource, subprocess, sys, time
 commands = json.loads(sys.argv[1])
 start = time.perf_counter()
 for command in commands:
     subprocess.run(command, check=True, cwd=sys.argv[2])
-print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(time.perf_counter() - start, usage.ru_utime + usage.ru_stime, usage.ru_maxrss)
 """
 
 
@@ -90,8 +92,8 @@ def _sextractor_config(work: Path, image: Path, weight: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def run_peers(image: Path, weight: Path, work: Path) -> tuple[Table, Path, float, float]:
-    """SExtractor pass 1 -> PSFEx -> SExtractor pass 2 (PSF photometry); wall time, max RSS."""
+def run_peers(image: Path, weight: Path, work: Path) -> tuple[Table, Path, float, float, float]:
+    """SExtractor pass 1 -> PSFEx -> SExtractor pass 2 (PSF photometry); wall, CPU, max RSS."""
     base = _sextractor_config(work, image, weight)
     (work / "pre.param").write_text(
         "\n".join(
@@ -149,9 +151,9 @@ def run_peers(image: Path, weight: Path, work: Path) -> tuple[Table, Path, float
         [sys.executable, "-c", _PEER_RUNNER, json.dumps(commands), str(work)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    wall, peak_kb = (float(v) for v in runner.stdout.split()[-2:])
+    wall, cpu, peak_kb = (float(v) for v in runner.stdout.split()[-3:])
     psf_file = work / "pre.psf"
-    return Table.read(work / "final.cat", hdu=1), psf_file, wall, peak_kb / 1024.0
+    return Table.read(work / "final.cat", hdu=1), psf_file, wall, cpu, peak_kb / 1024.0
 
 
 def psfex_image(psf_file: Path, x: float, y: float) -> np.ndarray:
@@ -232,15 +234,15 @@ def main() -> int:
              str(work / "psf.fits"), str(work / "stars.fits")],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
-        ours_wall, base_kb, peak_kb, apcorr, v_mean, v_rms, rho1_stars = (
-            float(v) for v in child.stdout.split()[-7:]
+        ours_wall, ours_cpu, base_kb, peak_kb, apcorr, v_mean, v_rms, rho1_stars = (
+            float(v) for v in child.stdout.split()[-8:]
         )
         step_times = child.stdout.strip().splitlines()[-2]
         ours = Table.read(work / "src.fits")
         with fits.open(work / "psf.fits") as hdul:
             model = PsfModel.from_hdu(hdul[1])
         stars = Table.read(work / "stars.fits")
-        sex, psf_file, sex_wall, sex_peak_mb = run_peers(image_path, weight_path, work)
+        sex, psf_file, sex_wall, sex_cpu, sex_peak_mb = run_peers(image_path, weight_path, work)
         reserved = stars[stars["reserved"]]
         rx, ry = np.asarray(reserved["x"]), np.asarray(reserved["y"])
         truth_shape = np.array([tuple(exp.psf.moments(x, y)) for x, y in zip(rx, ry, strict=True)])
@@ -251,6 +253,8 @@ def main() -> int:
     print(f"\n{'':34s}{'stacklab':>14s}{'SExtractor+PSFEx':>18s}")
     print(f"{'wall time (s, 1 thread)':34s}{ours_wall:14.1f}{sex_wall:18.1f}"
           f"   ratio {ours_wall / sex_wall:.2f}")  # fmt: skip
+    print(f"{'CPU time (s, user + system)':34s}{ours_cpu:14.1f}{sex_cpu:18.1f}"
+          f"   ratio {ours_cpu / sex_cpu:.2f}")  # fmt: skip
     print(f"  stacklab steps (s): {step_times}")
     print(f"{'peak memory above start (x image)':34s}{(peak_kb - base_kb) / 1024 / image_mb:14.2f}"
           f"{sex_peak_mb / image_mb:18.2f}   (peer: absolute max RSS)")  # fmt: skip
