@@ -86,11 +86,20 @@ def fork_kernels_enabled() -> bool:
 #: of the whole start).
 _KERNEL_MODULES = (
     "IPython",
+    "IPython.core.completerlib",
+    "IPython.core.debugger",
+    "IPython.core.logger",
+    "IPython.core.oinspect",
+    "IPython.extensions.storemagic",
+    "IPython.utils.wildcard",
+    "faulthandler",
     "ipykernel.comm",
     "ipykernel.debugger",
     "ipykernel.ipkernel",
     "ipykernel.kernelapp",
     "ipykernel.zmqshell",
+    "pdb",
+    "tornado.platform.asyncio",
 )
 
 
