@@ -13,7 +13,7 @@ same inputs and the same output grid. Prints, per method:
 * ``bias``: median PSF-flux bias of bright isolated stars (CoaddPsf on the coadd)
   against the same estimator on the noiseless inputs with their true PSFs;
 * ``dT/T``, ``de``: mean CoaddPsf size and ellipticity (|<de>|) residuals at those stars;
-* wall time, peak traced memory and ratios to SWarp's weighted combine.
+* wall time, CPU time, peak memory (from ``/proc``) and ratios to SWarp's weighted combine.
 
 ``psf_matched`` is the compare-warp coadd of warps matched to a common Kolmogorov PSF.
 
@@ -22,12 +22,13 @@ Environment: ``BENCH_COADD_SIZE`` (detector px, default 1024), ``BENCH_COADD_VIS
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
-import tracemalloc
 from pathlib import Path
 
 import galsim
@@ -231,13 +232,38 @@ def _grow(mask, radius=3):
     return ndimage.binary_dilation(mask, iterations=radius)
 
 
-def run_swarp(exposures, scales, patch, combine, workdir):
-    """Coadd with SWarp (one thread); return image, wall seconds."""
+# SWarp runs from this small helper so that RUSAGE_CHILDREN's max RSS is SWarp's own
+# (ru_maxrss survives exec: a child forked from this large process would report ours).
+_PEER_RUNNER = """
+import json, resource, subprocess, sys, time
+start = time.perf_counter()
+subprocess.run(json.loads(sys.argv[1]), check=True, cwd=sys.argv[2], capture_output=True)
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(time.perf_counter() - start, usage.ru_utime + usage.ru_stime, usage.ru_maxrss)
+"""
+
+
+def status_kb(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+
+def reset_peak_memory():
+    """Reset VmHWM to the current RSS (Linux); peaks are then read relative to now."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def write_swarp_inputs(exposures, scales, patch, workdir):
+    """FITS images and weight maps (1/variance, 0 where bad) and the output header."""
     workdir = Path(workdir)
     names = []
     for k, (exp, scale) in enumerate(zip(exposures, scales, strict=True)):
         header = exp.wcs.to_header()
-        header["FLXSCALE"] = scale
+        header["FLXSCALE"] = float(scale)
         bad = (exp.mask & exp.mask_planes.bitmask("BAD", "SAT", "NO_DATA")) != 0
         weight = np.where(bad, 0.0, 1.0 / exp.variance).astype(np.float32)
         fits.PrimaryHDU(exp.image, header=header).writeto(workdir / f"in{k}.fits", overwrite=True)
@@ -249,6 +275,11 @@ def run_swarp(exposures, scales, patch, combine, workdir):
     head["NAXIS"] = 2
     head["NAXIS1"], head["NAXIS2"] = patch.shape[1], patch.shape[0]
     (workdir / "coadd.head").write_text("\n".join(str(card) for card in head.cards) + "\nEND\n")
+    return names
+
+
+def swarp(names, workdir, combine):
+    """SWarp on one thread, LANCZOS3; return wall seconds, CPU seconds, peak memory (MB)."""
     args = [
         "SWarp", *names, "-c", "/dev/null", "-IMAGEOUT_NAME", "coadd.fits",
         "-WEIGHTOUT_NAME", "coadd.weight.fits", "-COMBINE_TYPE", combine,
@@ -256,11 +287,20 @@ def run_swarp(exposures, scales, patch, combine, workdir):
         "-NTHREADS", "1", "-VERBOSE_TYPE", "QUIET", "-WRITE_XML", "N", "-FSCALASTRO_TYPE", "NONE",
         "-RESAMPLE_DIR", str(workdir), "-COPY_KEYWORDS", "",
     ]  # fmt: skip
-    start = time.perf_counter()
-    subprocess.run(args, cwd=workdir, check=True, capture_output=True)
-    seconds = time.perf_counter() - start
-    image = fits.getdata(workdir / "coadd.fits").astype(np.float64)
-    return image, seconds
+    out = subprocess.run(
+        [sys.executable, "-c", _PEER_RUNNER, json.dumps(args), str(workdir)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    wall, cpu, maxrss_kb = out.stdout.split()
+    return float(wall), float(cpu), float(maxrss_kb) / 1024.0
+
+
+def run_swarp(exposures, scales, patch, combine, workdir):
+    """Coadd with SWarp (one thread); return image, wall s, CPU s, peak MB."""
+    names = write_swarp_inputs(exposures, scales, patch, workdir)
+    wall, cpu, mb = swarp(names, workdir, combine)
+    image = fits.getdata(Path(workdir) / "coadd.fits").astype(np.float64)
+    return image, wall, cpu, mb
 
 
 def main() -> None:
@@ -277,17 +317,17 @@ def main() -> None:
     rows = []
     reference = None
     for method in METHODS:
-        tracemalloc.start()
-        start = time.perf_counter()
         config = (
             CoaddConfig(statistic="compare_warp", keep_warps=True, psf_match=PsfMatchConfig())
             if method == "psf_matched"
             else CoaddConfig(statistic=method, keep_warps=True)
         )
+        reset_peak_memory()
+        base_kb = status_kb("VmRSS")
+        start, cpu_start = time.perf_counter(), time.process_time()
         result = coadd(exposures, patch, config)
-        seconds = time.perf_counter() - start
-        peak = tracemalloc.get_traced_memory()[1] / 2**20
-        tracemalloc.stop()
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        peak = (status_kb("VmHWM") - base_kb) / 1024.0
         bits = np.left_shift(np.int64(1), np.arange(len(result.visits)))[:, None, None]
         used = (result.contributors[None] & bits) != 0
         clipped = np.stack([w.plane("CLIPPED") for w in result.warps])
@@ -297,38 +337,49 @@ def main() -> None:
             used if method != "median" else None, result.weights, result.scales, clipped_arg,
             truth, sky, sims, patch, result.exposure.psf,
         )  # fmt: skip
-        row["seconds"], row["peak_mb"] = seconds, peak
+        row["seconds"], row["cpu"], row["peak_mb"] = seconds, cpu, peak
         rows.append(row)
         if method == "mean":
             reference = result
     if shutil.which("SWarp"):
         for combine in ("MEDIAN", "WEIGHTED"):
             with tempfile.TemporaryDirectory() as tmp:
-                image, seconds = run_swarp(exposures, reference.scales, patch, combine, tmp)
+                image, seconds, cpu, peak = run_swarp(
+                    exposures, reference.scales, patch, combine, tmp
+                )
             row = metrics(
                 f"SWarp {combine.lower()}", image, reference.exposure.variance, None,
                 reference.weights, reference.scales, None, truth, sky, sims, patch,
                 reference.exposure.psf,
             )  # fmt: skip
-            row["seconds"], row["peak_mb"] = seconds, np.nan
+            row["seconds"], row["cpu"], row["peak_mb"] = seconds, cpu, peak
             rows.append(row)
     swarp = next((r for r in rows if r["name"] == "SWarp weighted"), None)
     header = (
         f"{'method':16s} {'rej':>7s} {'left':>8s} {'trailSB':>8s} {'falseclip':>9s} "
-        f"{'var':>8s} {'bias':>8s} {'dT/T':>8s} {'de':>8s} {'s':>6s} {'MB':>6s} {'t/SWarp':>8s}"
+        f"{'var':>8s} {'bias':>8s} {'dT/T':>8s} {'de':>8s} {'s':>6s} {'cpu s':>6s} {'MB':>6s} "
+        f"{'t/SWarp':>8s} {'cpu/SWarp':>9s}"
     )
     print(header)
     for r in rows:
         ratio = r["seconds"] / swarp["seconds"] if swarp else np.nan
+        cpu_ratio = r["cpu"] / swarp["cpu"] if swarp else np.nan
         print(
             f"{r['name']:16s} {r['rej']:7.4f} {r['left']:+8.4f} {r['trailSB']:+8.3f} "
             f"{r['falseclip']:9.5f} {r['var']:+8.4f} {r['bias']:+8.4f} {r['dT/T']:+8.4f} "
-            f"{r['de']:+8.4f} {r['seconds']:6.1f} {r['peak_mb']:6.0f} {ratio:8.2f}"
+            f"{r['de']:+8.4f} {r['seconds']:6.1f} {r['cpu']:6.1f} {r['peak_mb']:6.0f} "
+            f"{ratio:8.2f} {cpu_ratio:9.2f}"
         )
     print(f"stars used for bias/PSF residuals: {rows[0]['n_stars']}")
     print(
         "SWarp rows use the stacklab mean coadd's variance and CoaddPsf for their flux "
         "measurements; rej/falseclip are undefined for median combines."
+    )
+    print(
+        "MB: stacklab's peak resident memory above the inputs already in memory, with "
+        "keep_warps=True (the scaled warps are kept: one patch per input); SWarp's whole "
+        "process. Time and memory against the number of inputs: bench_coadd_scale.py. "
+        f"Load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores."
     )
 
 
