@@ -396,7 +396,9 @@ def _matched_filter(
     kernel_ft = fft.rfft2(k32, s=shape)
     kernel2_ft = fft.rfft2(k32 * k32, s=shape)
     out = np.empty((ny, nx), dtype=np.float32)
-    strip = np.zeros((block + 2 * hy, nx + 2 * hx), dtype=np.float32)
+    # The strip has the transform's size already (zeros beyond the data), so the
+    # transforms need no padded copy of it.
+    strip = np.zeros(shape, dtype=np.float32)
     for y0 in range(0, ny, block):
         y1 = min(y0 + block, ny)
         lo, hi = max(y0 - hy, 0), min(y1 + hy, ny)
@@ -408,7 +410,7 @@ def _matched_filter(
         for plane, transform in ((data, kernel_ft), (var, kernel2_ft)):
             strip[:] = 0.0
             strip[rows, hx : hx + nx] = plane[lo:hi]
-            full = fft.irfft2(fft.rfft2(strip, s=shape) * transform, s=shape)
+            full = fft.irfft2(fft.rfft2(strip) * transform, s=shape)
             smoothed_noise.append(full[keep])
         smoothed, noise2 = smoothed_noise
         out[y0:y1] = smoothed / np.sqrt(np.maximum(noise2, np.float32(1e-30)))
@@ -425,19 +427,22 @@ def _smoothed_at(
     """Return ``image`` (0 on ``no_signal``) convolved with ``kernel`` at ``(ys, xs)``.
 
     The same as the matched filter's smoothed image ("same" size, zero outside
-    the image), summed at a few pixels only.
+    the image), summed at a few pixels only, by chunks of pixels.
     """
     ny, nx = image.shape
     kh, kw = kernel.shape
+    # Convolution: the pixel at offset (a, b) of the kernel weighs image[y + h - a, x + h - b].
+    dy = (kh // 2 - np.arange(kh))[None, :, None]
+    dx = (kw // 2 - np.arange(kw))[None, None, :]
+    weights = np.asarray(kernel, dtype=np.float64)[None]
     out = np.zeros(len(ys))
-    for a in range(kh):
-        y = ys + kh // 2 - a
-        for b in range(kw):
-            x = xs + kw // 2 - b
-            inside = (y >= 0) & (y < ny) & (x >= 0) & (x < nx)
-            yi, xi = y[inside], x[inside]
-            value = np.where(no_signal[yi, xi], 0.0, image[yi, xi].astype(np.float64))
-            out[inside] += float(kernel[a, b]) * value
+    for start in range(0, len(ys), 1024):
+        y = ys[start : start + 1024, None, None] + dy
+        x = xs[start : start + 1024, None, None] + dx
+        inside = (y >= 0) & (y < ny) & (x >= 0) & (x < nx)
+        y, x = np.clip(y, 0, ny - 1), np.clip(x, 0, nx - 1)
+        value = np.where(inside & ~no_signal[y, x], image[y, x].astype(np.float64), 0.0)
+        out[start : start + 1024] = np.sum(value * weights, axis=(1, 2))
     return out
 
 
