@@ -154,9 +154,39 @@ def _disk(radius: float) -> NDArray[np.bool_]:
 
 
 def _grow(mask: NDArray[np.bool_], radius: float) -> NDArray[np.bool_]:
+    """Dilate ``mask`` by a disk of ``radius`` px (as ``binary_dilation`` with that disk).
+
+    The disk is a union of horizontal runs, one per row offset: each run is a 1D
+    dilation (shifted ORs), and the runs are OR'ed in with their row shift. This
+    touches each pixel a few dozen times in contiguous slices, several times faster
+    than a general binary dilation.
+    """
     if radius < 0.5 or not mask.any():
         return mask
-    return np.asarray(ndimage.binary_dilation(mask, structure=_disk(radius)))
+    disk = _disk(radius)
+    r = disk.shape[0] // 2
+    ny, nx = mask.shape
+    # Horizontal dilations of every half-width a row of the disk needs.
+    widths = {int(np.sum(row)) // 2 for row in disk if row.any()}
+    runs: dict[int, NDArray[np.bool_]] = {}
+    current = mask.copy()
+    for half in range(max(widths) + 1):
+        if half:
+            current[:, half:] |= mask[:, : nx - half]
+            current[:, : nx - half] |= mask[:, half:]
+        if half in widths:
+            runs[half] = current.copy() if half < max(widths) else current
+    out = np.zeros_like(mask)
+    for dy in range(-r, r + 1):
+        row = disk[dy + r]
+        if not row.any():
+            continue
+        run = runs[int(np.sum(row)) // 2]
+        if dy >= 0:
+            out[dy:] |= run[: ny - dy] if dy else run
+        else:
+            out[:dy] |= run[-dy:]
+    return out
 
 
 def _drop_small(above: NDArray[np.bool_], min_pixels: int) -> NDArray[np.bool_]:
