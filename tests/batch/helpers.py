@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
+from typing import Any
 
 import nbformat
 
@@ -24,3 +27,18 @@ def write_notebook(
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, path)
     return path
+
+
+def task_spec(folder: Path, notebook: Path, x: int, outputs: dict[str, str]) -> dict[str, Any]:
+    """The spec of one task (parameter ``x``) for `execute.execute_task`, staged in ``folder``."""
+    return {
+        "task_id": f"t/x={x}",
+        "notebook": str(notebook),
+        "parameters": {"x": x},
+        "outputs": outputs,
+        "staging": str(folder / f"staging-{x}"),
+        "timeout_s": 120,
+        "cancel_file": str(folder / "cancel"),
+        "runner_pid": os.getpid(),
+        "runner_host": socket.gethostname(),
+    }

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 
 from stacklab.toolkit.batch import execute
 
-from .helpers import write_notebook
+from .helpers import task_spec, write_notebook
 
 pytestmark = pytest.mark.slow
 
@@ -18,17 +15,7 @@ def test_a_dead_task_host_is_restarted(tmp_path):
     notebook = write_notebook(tmp_path / "t.ipynb", "x = 0", "open('o.txt', 'w').write(str(x))")
 
     def spec(x):
-        return {
-            "task_id": f"t/x={x}",
-            "notebook": str(notebook),
-            "parameters": {"x": x},
-            "outputs": {"o": "o.txt"},
-            "staging": str(tmp_path / f"staging-{x}"),
-            "timeout_s": 120,
-            "cancel_file": str(tmp_path / "cancel"),
-            "runner_pid": os.getpid(),
-            "runner_host": socket.gethostname(),
-        }
+        return task_spec(tmp_path, notebook, x, {"o": "o.txt"})
 
     host = execute.TaskHost()
     first = execute.execute_task(spec(1), host=host)
@@ -60,17 +47,7 @@ def test_a_kernel_that_dies_at_startup_is_tried_again(tmp_path, monkeypatch, for
     monkeypatch.setenv("STACKLAB_TEST_KERNEL_DIES_ONCE", str(flag))
     monkeypatch.setenv("STACKLAB_FORK_KERNELS", fork)
     notebook = write_notebook(tmp_path / "t.ipynb", "x = 0", "open('o.txt', 'w').write(str(x))")
-    spec = {
-        "task_id": "t/x=1",
-        "notebook": str(notebook),
-        "parameters": {"x": 1},
-        "outputs": {"o": "o.txt"},
-        "staging": str(tmp_path / "staging"),
-        "timeout_s": 120,
-        "cancel_file": str(tmp_path / "cancel"),
-        "runner_pid": os.getpid(),
-        "runner_host": socket.gethostname(),
-    }
+    spec = task_spec(tmp_path, notebook, 1, {"o": "o.txt"})
     host = execute.TaskHost()
     try:
         result = execute.execute_task(spec, host=host)

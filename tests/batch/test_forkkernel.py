@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import psutil
@@ -12,10 +11,11 @@ import pytest
 
 from stacklab.toolkit.batch import execute
 
-from .helpers import write_notebook
+from .helpers import task_spec, write_notebook
 
 pytestmark = pytest.mark.slow
 
+REPORT = {"report": "report.json"}
 # Each task records what a notebook can see of its kernel process, registers an exit
 # handler and leaves a temporary folder for the kernel's own finalizers to remove.
 REPORT_CELL = """
@@ -44,20 +44,6 @@ json.dump({
 """
 
 
-def _spec(tmp_path: Path, notebook: Path, x: int) -> dict:
-    return {
-        "task_id": f"t/x={x}",
-        "notebook": str(notebook),
-        "parameters": {"x": x},
-        "outputs": {"report": "report.json"},
-        "staging": str(tmp_path / f"staging-{x}"),
-        "timeout_s": 120,
-        "cancel_file": str(tmp_path / "cancel"),
-        "runner_pid": os.getpid(),
-        "runner_host": socket.gethostname(),
-    }
-
-
 @pytest.mark.parametrize("fork", ["1", "0"], ids=["forked-kernel", "new-interpreter"])
 def test_every_task_gets_a_fresh_kernel_that_exits_cleanly(tmp_path, monkeypatch, fork):
     monkeypatch.setenv("STACKLAB_FORK_KERNELS", fork)
@@ -66,7 +52,7 @@ def test_every_task_gets_a_fresh_kernel_that_exits_cleanly(tmp_path, monkeypatch
     reports = []
     try:
         for x in range(3):  # the host serves several tasks: each must get its own kernel
-            result = execute.execute_task(_spec(tmp_path, notebook, x), host=host)
+            result = execute.execute_task(task_spec(tmp_path, notebook, x, REPORT), host=host)
             assert result["status"] == "ok", result
             attempt = Path(result["attempt_dir"])
             report = json.loads((attempt / "report.json").read_text())
@@ -115,7 +101,7 @@ def test_a_host_whose_imported_code_changed_is_replaced(tmp_path, monkeypatch):
                 module.write_text("VALUE = 2\n")
                 stat = module.stat()
                 os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-            result = execute.execute_task(_spec(tmp_path, notebook, x), host=host)
+            result = execute.execute_task(task_spec(tmp_path, notebook, x, REPORT), host=host)
             assert result["status"] == "ok", result
             report = json.loads((Path(result["attempt_dir"]) / "report.json").read_text())
             values.append(report["value"])
