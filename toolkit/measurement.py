@@ -189,7 +189,10 @@ def measure_sources(
     # float32 planes as they are (no full-size float64 copies); stamps are float64.
     image = exposure.image
     variance = exposure.variance
+    # Pixels left out of every sum and fit, as one boolean image (one cut-out per source).
     unusable = ~np.isfinite(exposure.image) | ~(variance > 0) | ~np.isfinite(variance)
+    if bad_bits:
+        unusable |= (exposure.mask & bad_bits) != 0
     planes_map = exposure.mask_planes
     bits = {
         name: planes_map.bitmask(name) if name in planes_map else 0
@@ -241,22 +244,25 @@ def measure_sources(
         half = good_size(2 * half + 1) // 2  # FFT-friendly stamp size
         stamp = np.nan_to_num(cutout(image, px0, py0, half).astype(np.float64))
         var = cutout(variance, px0, py0, half, fill=np.inf).astype(np.float64)
-        bad = (cutout(exposure.mask, px0, py0, half, fill=bits["NO_DATA"]) & bad_bits) != 0
-        bad |= cutout(unusable, px0, py0, half, fill=True).astype(bool)
+        bad = cutout(unusable, px0, py0, half, fill=True)
         if parent_fp is not None:
             # A child's own image: siblings' shares removed inside the parent footprint.
             box = (px0 - half, py0 - half, stamp.shape)
             in_parent = parent_fp.weights_on(*box) > 0
             stamp = stamp * np.where(in_parent, heavy.weights_on(*box), 1.0)
         ox, oy = px0 - half, py0 - half
-        near = cutout(exposure.mask, px0, py0, 2, fill=bits["NO_DATA"])
-        if np.any(near & bits["SAT"]):
+        near = int(
+            np.bitwise_or.reduce(
+                cutout(exposure.mask, px0, py0, 2, fill=bits["NO_DATA"]), axis=None
+            )
+        )
+        if near & bits["SAT"]:
             f |= SourceFlag.SATURATED_CENTER
-        if np.any(near & bits["CR"]):
+        if near & bits["CR"]:
             f |= SourceFlag.CR_CENTER
-        if np.any(near & bits["INTRP"]):
+        if near & bits["INTRP"]:
             f |= SourceFlag.INTERPOLATED_CENTER
-        if np.any(near & (bits["BAD"] | bits["NO_DATA"])):
+        if near & (bits["BAD"] | bits["NO_DATA"]):
             f |= SourceFlag.BAD_CENTER
         if px0 - half < 0 or py0 - half < 0 or px0 + half >= nx or py0 + half >= ny:
             f |= SourceFlag.EDGE
