@@ -247,11 +247,14 @@ def detect_sources(exposure: Exposure, config: DetectionConfig | None = None) ->
         no_signal |= exposure.plane("BAD")
     if masked is not None and "NO_DATA" in planes:
         no_signal |= exposure.plane("NO_DATA")
-    good_var = variance[~bad]
-    fill_var = float(np.median(good_var, overwrite_input=True)) if good_var.size else 1.0
-    del good_var
     data = np.where(no_signal, np.float32(0.0), image).astype(np.float32, copy=False)
-    var = np.where(bad, np.float32(fill_var), variance).astype(np.float32, copy=False)
+    if bad.any():
+        good_var = variance[~bad]
+        fill_var = float(np.median(good_var, overwrite_input=True)) if good_var.size else 1.0
+        del good_var
+        var = np.where(bad, np.float32(fill_var), variance).astype(np.float32, copy=False)
+    else:  # nothing to fill: skip the median of the whole variance plane
+        var = np.asarray(variance, dtype=np.float32)
     significance = _matched_filter(data, var, kernel)
     significance[no_signal] = 0.0
     peak_map = _peak_map(data, var, significance, sigma_px, config)
