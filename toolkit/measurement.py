@@ -545,6 +545,7 @@ def _place_all(
     by a few pixels (``transform`` is that padded kernel's ``rfft2``, when already
     known); whole-pixel positions need no transform.
     """
+    kernels = np.asarray(kernels, dtype=np.float64)
     n, ksize = kernels.shape[0], kernels.shape[1]
     half = ksize // 2
     pad = (good_size(ksize + 6) - ksize) // 2
