@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from astropy.wcs import WCS
 from numpy.typing import NDArray
-from scipy.interpolate import RectBivariateSpline
+from scipy.interpolate import BSpline, RectBivariateSpline
 from scipy.sparse import csr_matrix
 
 from .exposure import Exposure
@@ -242,13 +242,24 @@ class _PixelMap:
             gy, gx, dy=1
         )
         self.sdet = RectBivariateSpline(gy, gx, np.abs(det), kx=3, ky=3)
+        # The splines are evaluated as B_y C B_x^T with the (sparse) B-spline design
+        # matrices of every row and column: a few sparse-dense products per chunk
+        # instead of a 4x4 basis sum at every pixel.
+        ty, tx = self.sx.tck[0], self.sx.tck[1]
+        self._by = BSpline.design_matrix(np.arange(ny, dtype=float), ty, 3).tocsr()
+        self._bx = BSpline.design_matrix(np.arange(nx, dtype=float), tx, 3).tocsr()
+        shape = (len(ty) - 4, len(tx) - 4)
+        self._coeffs = [
+            np.asarray(spline.tck[2]).reshape(shape) for spline in (self.sx, self.sy, self.sdet)
+        ]
 
     def rows(
         self, y0: int, y1: int, x0: int, x1: int
     ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
         """Input x, y and |det J| for box rows y0..y1-1, columns x0..x1-1."""
-        ys, xs = np.arange(y0, y1, dtype=float), np.arange(x0, x1, dtype=float)
-        return self.sx(ys, xs), self.sy(ys, xs), self.sdet(ys, xs)
+        by, bx = self._by[y0:y1], self._bx[x0:x1]
+        xin, yin, det = (np.ascontiguousarray((bx @ (by @ coeffs).T).T) for coeffs in self._coeffs)
+        return xin, yin, det
 
 
 def _output_box(
