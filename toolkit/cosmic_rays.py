@@ -290,7 +290,7 @@ def _sharp_pixels(
     if "SAT" in exposure.mask_planes:
         saturated = exposure.plane("SAT")
         if saturated.any():
-            candidate &= ~ndimage.binary_dilation(saturated, iterations=_SAT_MARGIN_PX)
+            candidate &= ~_dilate_near(saturated, _SAT_MARGIN_PX)
     candidate[0, :] = candidate[-1, :] = candidate[:, 0] = candidate[:, -1] = False
     ys, xs = np.nonzero(candidate)
     if len(ys) == 0:
@@ -307,6 +307,21 @@ def _sharp_pixels(
         hit |= lowered * ratio > 0.5 * (i1 + i2) + config.sharpness_sigma * noise
     out = np.zeros(exposure.shape, dtype=bool)
     out[ys[hit], xs[hit]] = True
+    return out
+
+
+def _dilate_near(mask: NDArray[np.bool_], iterations: int) -> NDArray[np.bool_]:
+    """Return ``ndimage.binary_dilation(mask, iterations=iterations)`` (3x3 cross).
+
+    Computed on the box around the set pixels only: saturated pixels are few, the
+    image is large.
+    """
+    ys, xs = np.nonzero(mask)
+    ny, nx = mask.shape
+    y0, y1 = max(int(ys.min()) - iterations, 0), min(int(ys.max()) + iterations + 1, ny)
+    x0, x1 = max(int(xs.min()) - iterations, 0), min(int(xs.max()) + iterations + 1, nx)
+    out = np.zeros_like(mask)
+    out[y0:y1, x0:x1] = ndimage.binary_dilation(mask[y0:y1, x0:x1], iterations=iterations)
     return out
 
 

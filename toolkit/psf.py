@@ -636,8 +636,12 @@ def _fit_pixels(
     # Per pixel p: minimise sum_s w_sp (d_sp / f_s - sum_k c_pk t_sk)^2 with w = f^2 / var.
     w = inv_var * flux[:, None, None] ** 2
     y = data / flux[:, None, None]
-    normal = np.einsum("syx,sk,sl->yxkl", w, terms, terms)
-    rhs = np.einsum("syx,syx,sk->yxk", w, y, terms)
+    # As matrix products over the stars (three-operand einsums loop slowly).
+    n_stars, ny, nx = w.shape
+    n_terms = terms.shape[1]
+    pairs = (terms[:, :, None] * terms[:, None, :]).reshape(n_stars, n_terms * n_terms)
+    normal = (w.reshape(n_stars, -1).T @ pairs).reshape(ny, nx, n_terms, n_terms)
+    rhs = ((w * y).reshape(n_stars, -1).T @ terms).reshape(ny, nx, n_terms)
     ridge = 1e-12 * np.trace(normal, axis1=2, axis2=3)[..., None, None] * np.eye(terms.shape[1])
     coeffs = np.linalg.solve(normal + ridge + 1e-300, rhs[..., None])[..., 0]
     return np.moveaxis(coeffs, -1, 0)
