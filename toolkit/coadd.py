@@ -632,19 +632,24 @@ def _assemble_mean_chunk(
         data, at = found
         var = stack.segment("variance", i, y0, y1)[0]  # type: ignore[index]
         m = stack.segment("mask", i, y0, y1)[0]  # type: ignore[index]
-        w = float(weights[i])
+        # A float64 scalar: float32 planes times it are summed in float64.
+        w = np.float64(weights[i])
         has_data = (m & np.int32(no_data_bit)) == 0
         used = ((m & np.int32(combine_bad)) == 0) & np.isfinite(data) & np.isfinite(var)
-        wsum[at] += np.where(used, w, 0.0)
-        wdata[at] += np.where(used, w * data.astype(np.float64), 0.0)
-        w2var[at] += np.where(used, (w * w) * var.astype(np.float64), 0.0)
+        wsum[at] += used * w
+        wdata[at] += np.where(used, data, np.float32(0.0)) * w
+        w2var[at] += np.where(used, var, np.float32(0.0)) * (w * w)
         mask[at] |= np.where(used, m, 0)
         count[at] += used
         bits[at] |= np.where(used, np.int64(1) << np.int64(i), np.int64(0))
-        wsum_data[at] += np.where(has_data, w, 0.0)
+        wsum_data[at] += has_data * w
         for bit, total in wsum_planes.items():
-            total[at] += np.where(has_data & ((m & np.int32(bit)) != 0), w, 0.0)
-        clipped_here[at] |= has_data & ~used & ((m & bad_but_no_data) == 0)
+            hit = (m & np.int32(bit)) != 0
+            if hit.any():
+                total[at] += (has_data & hit) * w
+        rejected = has_data & ~used
+        if rejected.any():
+            clipped_here[at] |= rejected & ((m & bad_but_no_data) == 0)
     any_used = count > 0
     with np.errstate(invalid="ignore", divide="ignore"):
         value = wdata / wsum
