@@ -15,7 +15,8 @@ over input pixels ``k`` that are usable (inside the sensor and free of
 so star fluxes are conserved and ``V_out`` is the exact per-pixel variance of
 the warped noise. Resampling correlates neighbouring pixels; the variance of a
 sum over many warped pixels is ``covariance_factor`` times the sum of their
-``V_out`` (the factor is reported per warp and used for coadd weights).
+``V_out`` (the factor is reported per warp and used for coadd weights; it is
+measured on one chunk of ``chunk_rows`` rows in four).
 
 Mask bits of input pixels whose kernel weight exceeds ``mask_weight_threshold``
 are OR'ed into the output pixel (the mask grows by the kernel's core). Output
