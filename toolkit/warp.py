@@ -15,8 +15,7 @@ over input pixels ``k`` that are usable (inside the sensor and free of
 so star fluxes are conserved and ``V_out`` is the exact per-pixel variance of
 the warped noise. Resampling correlates neighbouring pixels; the variance of a
 sum over many warped pixels is ``covariance_factor`` times the sum of their
-``V_out`` (the factor is reported per warp and used for coadd weights; it is
-measured on one chunk of ``chunk_rows`` rows in four).
+``V_out`` (the factor is reported per warp and used for coadd weights).
 
 Mask bits of input pixels whose kernel weight exceeds ``mask_weight_threshold``
 are OR'ed into the output pixel (the mask grows by the kernel's core). Output
@@ -130,9 +129,6 @@ def _lanczos_taps(frac: NDArray[np.float64], order: int) -> NDArray[np.float64]:
         out[:, k] = np.where(np.abs(t[:, k]) < 1e-9, 1.0, out[:, k])
     return np.asarray(out)
 
-
-#: The covariance factor is measured on one chunk of rows in this many.
-_COVARIANCE_EVERY = 4
 
 #: Sub-pixel steps per pixel of the tabulated kernel used to warp pixels.
 _TABLE_STEPS = 16384
@@ -651,7 +647,7 @@ def _warp_box(exposure: Exposure, wcs: WCS, shape: tuple[int, int], config: Warp
     offsets_tiled = np.empty(0, dtype=index_dtype)
     reach_width = reach.shape[1]
     reach_flat = reach.ravel()
-    for chunk, r0 in enumerate(range(0, bny, config.chunk_rows)):
+    for r0 in range(0, bny, config.chunk_rows):
         r1 = min(r0 + config.chunk_rows, bny)
         c0, c1 = 0, bnx
         if outline is not None:
@@ -691,9 +687,7 @@ def _warp_box(exposure: Exposure, wcs: WCS, shape: tuple[int, int], config: Warp
         indptr = np.arange(0, m * n_taps + 1, n_taps, dtype=index_dtype)
         kernel = csr_matrix((weights.ravel(), indices, indptr), shape=(m, size))
         acc_i = kernel @ image_p
-        # The covariance factor is a property of the whole warp: estimated from one
-        # chunk in a few, it costs a fraction of a matrix product per pixel.
-        acc_wv = kernel @ var_p if chunk % _COVARIANCE_EVERY == 0 else None
+        acc_wv = kernel @ var_p
         np.multiply(weights, weights, out=other)
         squared = csr_matrix((other.ravel(), indices, indptr), shape=(m, size))
         acc_v = squared @ var_p
@@ -725,12 +719,11 @@ def _warp_box(exposure: Exposure, wcs: WCS, shape: tuple[int, int], config: Warp
         out_mask.ravel()[flat] = mask
         # Noise of a large sum: det * (input variance) per output pixel, against the
         # per-pixel variance the plane holds.
-        if acc_wv is not None:
-            clean = usable & (acc_w > 0.999)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                mean_var = acc_wv / acc_w * det_s
-            sum_corr += float(np.sum(mean_var[clean], dtype=np.float64))
-            sum_var += float(np.sum(variance[clean], dtype=np.float64))
+        clean = usable & (acc_w > 0.999)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean_var = acc_wv / acc_w * det_s
+        sum_corr += float(np.sum(mean_var[clean], dtype=np.float64))
+        sum_var += float(np.sum(variance[clean], dtype=np.float64))
     n_good = int(np.sum((out_mask & no_data_bit) == 0))
     if n_good == 0:
         _raise_no_overlap(exposure, shape)
