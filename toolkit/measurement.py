@@ -7,8 +7,13 @@ are ``weight * image``), isolated sources and parents see the image.
 * centroid and adaptive moments: GalSim HSM (``FindAdaptiveMom``), giving
   ``x, y`` and ``ixx, iyy, ixy`` (px²) of the elliptical Gaussian weight;
 * aperture fluxes (sep ``sum_circle``) at ``aperture_radii_px``;
-* Kron flux: sep's Kron radius on the adaptive ellipse within ``6 a``, flux in
-  ``2.5`` Kron radii (minimum radius 3.5 px, as SExtractor's FLUX_AUTO);
+* Kron flux, as SExtractor's FLUX_AUTO: the Kron radius ``kron_radius`` is the
+  light-weighted mean elliptical radius within the ellipse of semi-axes
+  ``6 a, 6 b`` (sep ``kron_radius``), where ``a, b`` are the 1-sigma semi-axes of
+  the adaptive-moment ellipse, so it is a pure number in units of ``a`` and
+  ``b`` (about 1.25 for a Gaussian star), not pixels. The flux is summed in
+  the ellipse of semi-axes ``2.5 kron_radius a, 2.5 kron_radius b``, or in a
+  circle of 3.5 px when that ellipse's mean radius is smaller;
 * PSF flux: weighted linear least squares of the PSF model drawn at the
   source, after one Gauss-Newton refinement of the position (``x_psf, y_psf``);
 * model flux (CModel-like): exponential and de Vaucouleurs profiles of the
@@ -32,7 +37,7 @@ import galsim
 import numpy as np
 import sep
 from astropy import units as u
-from astropy.table import Table
+from astropy.table import Column, Table
 from numpy.typing import NDArray
 
 from ._model_fits import _fit_batch, _FitInput
@@ -61,9 +66,13 @@ class MeasurementConfig:
     aperture_radii_px : tuple of float
         Radii of the circular apertures (pixels); columns ``flux_aper_<r>``.
     kron_factor : float
-        Kron flux is summed within this many Kron radii.
+        The Kron flux is summed in the ellipse of semi-axes
+        ``kron_factor * kron_radius * (a, b)``, ``a, b`` the adaptive-moment
+        1-sigma semi-axes (pixels) and ``kron_radius`` dimensionless.
     kron_min_radius_px : float
-        Smallest Kron aperture radius (pixels).
+        Radius (pixels) of the circle that replaces the Kron ellipse when the
+        ellipse's geometric-mean radius ``kron_factor * kron_radius * sqrt(a b)``
+        is smaller.
     max_stamp_half_px : int
         Largest stamp half-width (pixels) used for one source.
     fit_models : bool
@@ -146,7 +155,9 @@ def measure_sources(
         Catalog columns: ``id, parent, n_children, x, y`` (HSM centroid, px),
         ``x_psf, y_psf``, ``ra, dec`` (deg, NaN without a WCS),
         ``peak_significance``, ``flux_psf, flux_psf_err``, ``flux_aper_<r>`` and
-        ``_err``, ``kron_radius`` (px), ``flux_kron, flux_kron_err``,
+        ``_err``, ``kron_radius`` (dimensionless: in units of the adaptive-moment
+        ellipse's semi-axes ``a, b``, as SExtractor's KRON_RADIUS; see the
+        module notes), ``flux_kron, flux_kron_err``,
         ``flux_model, flux_model_err, frac_dev``, ``flux_exp``, ``ixx, iyy, ixy`` and
         ``psf_ixx, psf_iyy, psf_ixy`` (px²), ``extendedness``, ``flags``.
         Fluxes are in ADU.
@@ -317,7 +328,9 @@ def measure_sources(
     for j, r in enumerate(radii):
         catalog[aperture_column(r)] = aper[:, j] * u.adu
         catalog[aperture_column(r) + "_err"] = aper_err[:, j] * u.adu
-    catalog["kron_radius"] = out["kron_radius"] * u.pix
+    # A multiple of the adaptive ellipse's semi-axes, not a length: no unit.
+    kron_doc = "Kron radius in units of the adaptive-moment ellipse's 1-sigma semi-axes a, b"
+    catalog["kron_radius"] = Column(out["kron_radius"], description=kron_doc)
     catalog["flux_kron"] = out["flux_kron"] * u.adu
     catalog["flux_kron_err"] = out["flux_kron_err"] * u.adu
     catalog["flux_model"] = out["flux_model"] * u.adu
@@ -417,6 +430,10 @@ def _kron(
     out: dict[str, NDArray[Any]],
     k: int,
 ) -> int:
+    """Measure the Kron radius (units of ``a, b``) and Kron flux into ``out[...][k]``.
+
+    Returns the flag bits to set (``KRON_FAILED`` or 0).
+    """
     if shape is None:
         return int(SourceFlag.KRON_FAILED)
     _, _, ixx, iyy, ixy = shape
