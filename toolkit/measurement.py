@@ -44,6 +44,7 @@ from ._model_fits import _fit_batch, _FitInput
 from ._model_fits import _place as _place  # re-exported: forced photometry imports it
 from ._stamps import cutout, good_size
 from .deblend import Deblended
+from .errors import ToolkitError
 from .exposure import Exposure
 from .flags import SourceFlag
 
@@ -147,7 +148,11 @@ def measure_sources(
         Settings; defaults when omitted.
     psf : object with ``compute_image(x, y)``, optional
         PSF model; by default ``exposure.psf``. Without one, PSF and model
-        fluxes are NaN and flagged.
+        fluxes are NaN and flagged. It is only evaluated where there is data
+        (at the sources, and at grid points where it can be): a model that
+        raises ``ValueError`` or returns a non-finite stamp somewhere (a
+        CoaddPsf at NO_DATA pixels) is fine; a source where it cannot be
+        evaluated gets ``PSF_FLUX_FAILED`` and ``MODEL_FLUX_FAILED``.
 
     Returns
     -------
@@ -161,6 +166,12 @@ def measure_sources(
         ``flux_model, flux_model_err, frac_dev``, ``flux_exp``, ``ixx, iyy, ixy`` and
         ``psf_ixx, psf_iyy, psf_ixy`` (px²), ``extendedness``, ``flags``.
         Fluxes are in ADU.
+
+    Raises
+    ------
+    ToolkitError
+        If there are sources and a PSF, but the PSF cannot be evaluated at any
+        of them nor anywhere on a grid over the image.
 
     Examples
     --------
@@ -206,7 +217,13 @@ def measure_sources(
     aper_err = np.full((n, len(radii)), np.nan)
     flags = np.zeros(n, dtype=np.int64)
     psf_half = None
-    psf_grid: _PsfMomentGrid | None = None
+    # PSF moments on a grid, sampled only where the PSF can be evaluated (a coadd's
+    # PSF cannot be at its NO_DATA corners); raises if it cannot be anywhere.
+    psf_grid = (
+        _PsfMomentGrid(psf, exposure.shape, src["peak_x"], src["peak_y"])
+        if psf is not None and n
+        else None
+    )
     index_of = {int(i): k for k, i in enumerate(src["id"])}
     # PSF and galaxy-model fits wait for a batch of sources with stamps of one size.
     pending: dict[tuple[int, int], list[_FitInput]] = {}
@@ -285,16 +302,16 @@ def measure_sources(
         # Kron.
         f |= _kron(data, var_c, bad_c, cx, cy, shape, config, out, k)
         # PSF flux and the PSF's moments.
-        if psf is None:
+        gx, gy = cx + ox, cy + oy
+        # The centroid may sit on a NO_DATA pixel next to the data; the peak never does.
+        kernel = None if psf is None else _psf_stamp(psf, gx, gy)
+        if kernel is None and psf is not None:
+            kernel = _psf_stamp(psf, float(px0), float(py0))
+        if kernel is None or psf_grid is None:
             f |= SourceFlag.PSF_FLUX_FAILED | SourceFlag.MODEL_FLUX_FAILED
             flags[k] = f
             continue
-        gx, gy = cx + ox, cy + oy
-        kernel = np.asarray(psf.compute_image(gx, gy), dtype=np.float64)
-        kernel /= kernel.sum()
         psf_half = kernel.shape[0] // 2
-        if psf_grid is None:
-            psf_grid = _PsfMomentGrid(psf, exposure.shape)
         pm = psf_grid(gx, gy)
         if pm is not None:
             out["psf_ixx"][k], out["psf_iyy"][k], out["psf_ixy"][k] = pm[2:]
@@ -363,24 +380,96 @@ def extendedness(
     return np.where(np.isfinite(fp) & np.isfinite(fm), value, np.nan)
 
 
+def _psf_stamp(psf: Any, x: float, y: float) -> NDArray[np.float64] | None:
+    """Return the PSF at ``(x, y)`` (px) with unit sum, or None where it is not defined.
+
+    A model without data at ``(x, y)`` raises ``ValueError`` (a CoaddPsf at NO_DATA
+    pixels) or returns a stamp that is not finite or does not sum to > 0.
+    """
+    try:
+        kernel = np.asarray(psf.compute_image(x, y), dtype=np.float64)
+    except ValueError:
+        return None
+    total = kernel.sum()
+    if kernel.ndim != 2 or not np.isfinite(total) or not total > 0:
+        return None
+    return kernel / total
+
+
+def _psf_moments(psf: Any, x: float, y: float) -> NDArray[np.float64] | None:
+    """Return the HSM centroid and moments ``(x, y, ixx, iyy, ixy)`` of the PSF, or None."""
+    kernel = _psf_stamp(psf, x, y)
+    if kernel is None:
+        return None
+    moments = _hsm_moments(np.pad(kernel, kernel.shape[0] // 2), None)
+    return None if moments is None else np.array(moments)
+
+
 class _PsfMomentGrid:
     """PSF adaptive moments on a grid over the image, bilinearly interpolated.
 
     The PSF varies smoothly (a low-order polynomial), so a grid of
     ``_PSF_GRID`` x ``_PSF_GRID`` HSM measurements replaces one per source.
+    Grid points where the PSF is not defined (no data there, see :func:`_psf_stamp`)
+    or its moments fail take the moments of the nearest grid point where they were
+    measured; when there is none, the moments at the first source ``(xs, ys)``
+    (px) where the PSF is defined are used everywhere.
+
+    Raises
+    ------
+    ToolkitError
+        If the PSF is defined at no grid point and at no source.
     """
 
-    def __init__(self, psf: Any, shape: tuple[int, int]) -> None:
+    def __init__(
+        self, psf: Any, shape: tuple[int, int], xs: NDArray[Any], ys: NDArray[Any]
+    ) -> None:
         ny, nx = shape
         self.gx = np.linspace(0.0, nx - 1.0, _PSF_GRID)
         self.gy = np.linspace(0.0, ny - 1.0, _PSF_GRID)
         self.values = np.full((_PSF_GRID, _PSF_GRID, 5), np.nan)
         for j, y in enumerate(self.gy):
             for i, x in enumerate(self.gx):
-                kernel = np.asarray(psf.compute_image(x, y), dtype=np.float64)
-                moments = _hsm_moments(np.pad(kernel / kernel.sum(), kernel.shape[0] // 2), None)
+                moments = _psf_moments(psf, x, y)
                 if moments is not None:
                     self.values[j, i] = moments
+        known = np.all(np.isfinite(self.values), axis=-1)
+        if known.all():
+            return
+        if known.any():
+            # Nearest known grid point (in pixels): the PSF varies slowly over a cell.
+            jj, ii = np.nonzero(known)
+            for j, i in zip(*np.nonzero(~known), strict=True):
+                d2 = (self.gx[ii] - self.gx[i]) ** 2 + (self.gy[jj] - self.gy[j]) ** 2
+                nearest = int(np.argmin(d2))
+                self.values[j, i] = self.values[jj[nearest], ii[nearest]]
+            log.info(
+                "PSF moments unknown at %d of %d grid points (no data there?); they "
+                "take those of the nearest grid point with moments",
+                int((~known).sum()),
+                known.size,
+            )
+            return
+        for x, y in zip(np.asarray(xs, dtype=float), np.asarray(ys, dtype=float), strict=True):
+            moments = _psf_moments(psf, float(x), float(y))
+            if moments is not None:
+                log.warning(
+                    "PSF not defined at any of the %d grid points over the image; using "
+                    "its moments at the source at (%.1f, %.1f) for every source",
+                    known.size,
+                    x,
+                    y,
+                )
+                self.values[...] = moments
+                return
+        msg = (
+            f"the PSF model ({type(psf).__name__}) could not be evaluated anywhere: not at "
+            f"any of the {known.size} grid points over the {nx} x {ny} image, nor at any of "
+            f"the {len(xs)} sources (it raised ValueError or gave non-finite stamps, e.g. a "
+            "CoaddPsf with no input there); pass a PSF defined where the data are, or an "
+            "exposure without a PSF to skip PSF and model fluxes"
+        )
+        raise ToolkitError(msg, value=psf)
 
     def __call__(self, x: float, y: float) -> tuple[float, float, float, float, float] | None:
         fx = float(np.interp(x, self.gx, np.arange(_PSF_GRID)))
