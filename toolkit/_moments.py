@@ -1,0 +1,150 @@
+"""Adaptive moments for the measurement step: HSM of a stamp, and the PSF's over the image.
+
+The PSF's moments are measured on a grid and interpolated (:class:`_PsfMomentGrid`);
+the PSF is only evaluated where it is defined (:func:`_psf_stamp`): a coadd's PSF
+has no inputs at its NO_DATA pixels. Moments are ``(x, y, ixx, iyy, ixy)``: the
+centroid in 0-based stamp or image pixels and the second moments in px².
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import galsim
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import ToolkitError
+
+log = logging.getLogger(__name__)
+
+_PSF_GRID = 9
+
+
+def _psf_stamp(psf: Any, x: float, y: float) -> NDArray[np.float64] | None:
+    """Return the PSF at ``(x, y)`` (px) with unit sum, or None where it is not defined.
+
+    A model without data at ``(x, y)`` raises ``ValueError`` (a CoaddPsf at NO_DATA
+    pixels) or returns a stamp that is not finite or does not sum to > 0.
+    """
+    try:
+        kernel = np.asarray(psf.compute_image(x, y), dtype=np.float64)
+    except ValueError:
+        return None
+    total = kernel.sum()
+    if kernel.ndim != 2 or not np.isfinite(total) or not total > 0:
+        return None
+    return kernel / total
+
+
+def _psf_moments(psf: Any, x: float, y: float) -> NDArray[np.float64] | None:
+    """Return the HSM centroid and moments ``(x, y, ixx, iyy, ixy)`` of the PSF, or None."""
+    kernel = _psf_stamp(psf, x, y)
+    if kernel is None:
+        return None
+    moments = _hsm_moments(np.pad(kernel, kernel.shape[0] // 2), None)
+    return None if moments is None else np.array(moments)
+
+
+class _PsfMomentGrid:
+    """PSF adaptive moments on a grid over the image, bilinearly interpolated.
+
+    The PSF varies smoothly (a low-order polynomial), so a grid of
+    ``_PSF_GRID`` x ``_PSF_GRID`` HSM measurements replaces one per source.
+    Grid points where the PSF is not defined (no data there, see :func:`_psf_stamp`)
+    or its moments fail take the moments of the nearest grid point where they were
+    measured; when there is none, the moments at the first source ``(xs, ys)``
+    (px) where the PSF is defined are used everywhere.
+
+    Raises
+    ------
+    ToolkitError
+        If the PSF is defined at no grid point and at no source.
+    """
+
+    def __init__(
+        self, psf: Any, shape: tuple[int, int], xs: NDArray[Any], ys: NDArray[Any]
+    ) -> None:
+        ny, nx = shape
+        self.gx = np.linspace(0.0, nx - 1.0, _PSF_GRID)
+        self.gy = np.linspace(0.0, ny - 1.0, _PSF_GRID)
+        self.values = np.full((_PSF_GRID, _PSF_GRID, 5), np.nan)
+        for j, y in enumerate(self.gy):
+            for i, x in enumerate(self.gx):
+                moments = _psf_moments(psf, x, y)
+                if moments is not None:
+                    self.values[j, i] = moments
+        known = np.all(np.isfinite(self.values), axis=-1)
+        if known.all():
+            return
+        if known.any():
+            # Nearest known grid point (in pixels): the PSF varies slowly over a cell.
+            jj, ii = np.nonzero(known)
+            for j, i in zip(*np.nonzero(~known), strict=True):
+                d2 = (self.gx[ii] - self.gx[i]) ** 2 + (self.gy[jj] - self.gy[j]) ** 2
+                nearest = int(np.argmin(d2))
+                self.values[j, i] = self.values[jj[nearest], ii[nearest]]
+            log.info(
+                "PSF moments unknown at %d of %d grid points (no data there?); they "
+                "take those of the nearest grid point with moments",
+                int((~known).sum()),
+                known.size,
+            )
+            return
+        for x, y in zip(np.asarray(xs, dtype=float), np.asarray(ys, dtype=float), strict=True):
+            moments = _psf_moments(psf, float(x), float(y))
+            if moments is not None:
+                log.warning(
+                    "PSF not defined at any of the %d grid points over the image; using "
+                    "its moments at the source at (%.1f, %.1f) for every source",
+                    known.size,
+                    x,
+                    y,
+                )
+                self.values[...] = moments
+                return
+        msg = (
+            f"the PSF model ({type(psf).__name__}) could not be evaluated anywhere: not at "
+            f"any of the {known.size} grid points over the {nx} x {ny} image, nor at any of "
+            f"the {len(xs)} sources (it raised ValueError or gave non-finite stamps, e.g. a "
+            "CoaddPsf with no input there); pass a PSF defined where the data are, or an "
+            "exposure without a PSF to skip PSF and model fluxes"
+        )
+        raise ToolkitError(msg, value=psf)
+
+    def __call__(self, x: float, y: float) -> tuple[float, float, float, float, float] | None:
+        fx = float(np.interp(x, self.gx, np.arange(_PSF_GRID)))
+        fy = float(np.interp(y, self.gy, np.arange(_PSF_GRID)))
+        i0, j0 = min(int(fx), _PSF_GRID - 2), min(int(fy), _PSF_GRID - 2)
+        tx, ty = fx - i0, fy - j0
+        v = self.values
+        value = ((1 - tx) * (1 - ty) * v[j0, i0] + tx * (1 - ty) * v[j0, i0 + 1]
+                 + (1 - tx) * ty * v[j0 + 1, i0] + tx * ty * v[j0 + 1, i0 + 1])  # fmt: skip
+        if not np.all(np.isfinite(value)):
+            return None
+        a, b, c, d, e = (float(v) for v in value)
+        return a, b, c, d, e
+
+
+def _hsm_moments(
+    stamp: NDArray[np.float64], bad: NDArray[np.bool_] | None
+) -> tuple[float, float, float, float, float] | None:
+    image = galsim.ImageD(np.ascontiguousarray(stamp), scale=1.0)
+    badpix = None if bad is None else galsim.ImageI(bad.astype(np.int32), scale=1.0)
+    try:
+        result = galsim.hsm.FindAdaptiveMom(image, badpix=badpix, strict=False, guess_sig=2.0)
+    except galsim.GalSimError:  # e.g. every pixel masked
+        return None
+    if result.moments_status != 0 or not result.moments_sigma > 0:
+        return None
+    sigma2 = result.moments_sigma**2
+    e1, e2 = result.observed_shape.e1, result.observed_shape.e2
+    norm = sigma2 / np.sqrt(max(1.0 - e1 * e1 - e2 * e2, 1e-12))
+    return (
+        result.moments_centroid.x - 1.0,
+        result.moments_centroid.y - 1.0,
+        norm * (1.0 + e1),
+        norm * (1.0 - e1),
+        norm * e2,
+    )
