@@ -39,12 +39,16 @@ def _psf_stamp(psf: Any, x: float, y: float) -> NDArray[np.float64] | None:
 
 
 def _psf_moments(psf: Any, x: float, y: float) -> NDArray[np.float64] | None:
-    """Return the HSM centroid and moments ``(x, y, ixx, iyy, ixy)`` of the PSF, or None."""
+    """Return the HSM centroid and moments ``(x, y, ixx, iyy, ixy)`` of the PSF at ``(x, y)``.
+
+    NaN where HSM fails on the stamp (e.g. a PSF too small for it), None where the
+    PSF is not defined (see :func:`_psf_stamp`).
+    """
     kernel = _psf_stamp(psf, x, y)
     if kernel is None:
         return None
     moments = _hsm_moments(np.pad(kernel, kernel.shape[0] // 2), None)
-    return None if moments is None else np.array(moments)
+    return np.full(5, np.nan) if moments is None else np.array(moments)
 
 
 class _PsfMomentGrid:
@@ -53,9 +57,9 @@ class _PsfMomentGrid:
     The PSF varies smoothly (a low-order polynomial), so a grid of
     ``_PSF_GRID`` x ``_PSF_GRID`` HSM measurements replaces one per source.
     Grid points where the PSF is not defined (no data there, see :func:`_psf_stamp`)
-    or its moments fail take the moments of the nearest grid point where they were
-    measured; when there is none, the moments at the first source ``(xs, ys)``
-    (px) where the PSF is defined are used everywhere.
+    take the moments of the nearest grid point where it is; when it is defined at
+    no grid point, its moments at the first source ``(xs, ys)`` (px) where it is
+    are used everywhere. Moments are NaN (unknown) where HSM fails on the PSF.
 
     Raises
     ------
@@ -70,26 +74,27 @@ class _PsfMomentGrid:
         self.gx = np.linspace(0.0, nx - 1.0, _PSF_GRID)
         self.gy = np.linspace(0.0, ny - 1.0, _PSF_GRID)
         self.values = np.full((_PSF_GRID, _PSF_GRID, 5), np.nan)
+        defined = np.zeros((_PSF_GRID, _PSF_GRID), dtype=bool)
         for j, y in enumerate(self.gy):
             for i, x in enumerate(self.gx):
                 moments = _psf_moments(psf, x, y)
                 if moments is not None:
+                    defined[j, i] = True
                     self.values[j, i] = moments
-        known = np.all(np.isfinite(self.values), axis=-1)
-        if known.all():
+        if defined.all():
             return
-        if known.any():
-            # Nearest known grid point (in pixels): the PSF varies slowly over a cell.
-            jj, ii = np.nonzero(known)
-            for j, i in zip(*np.nonzero(~known), strict=True):
+        if defined.any():
+            # Nearest grid point with a PSF (in pixels): the PSF varies slowly over a cell.
+            jj, ii = np.nonzero(defined)
+            for j, i in zip(*np.nonzero(~defined), strict=True):
                 d2 = (self.gx[ii] - self.gx[i]) ** 2 + (self.gy[jj] - self.gy[j]) ** 2
                 nearest = int(np.argmin(d2))
                 self.values[j, i] = self.values[jj[nearest], ii[nearest]]
             log.info(
-                "PSF moments unknown at %d of %d grid points (no data there?); they "
-                "take those of the nearest grid point with moments",
-                int((~known).sum()),
-                known.size,
+                "PSF not defined at %d of %d grid points (no data there); they take the "
+                "moments of the nearest grid point where it is",
+                int((~defined).sum()),
+                defined.size,
             )
             return
         for x, y in zip(np.asarray(xs, dtype=float), np.asarray(ys, dtype=float), strict=True):
@@ -98,7 +103,7 @@ class _PsfMomentGrid:
                 log.warning(
                     "PSF not defined at any of the %d grid points over the image; using "
                     "its moments at the source at (%.1f, %.1f) for every source",
-                    known.size,
+                    defined.size,
                     x,
                     y,
                 )
@@ -106,7 +111,7 @@ class _PsfMomentGrid:
                 return
         msg = (
             f"the PSF model ({type(psf).__name__}) could not be evaluated anywhere: not at "
-            f"any of the {known.size} grid points over the {nx} x {ny} image, nor at any of "
+            f"any of the {defined.size} grid points over the {nx} x {ny} image, nor at any of "
             f"the {len(xs)} sources (it raised ValueError or gave non-finite stamps, e.g. a "
             "CoaddPsf with no input there); pass a PSF defined where the data are, or an "
             "exposure without a PSF to skip PSF and model fluxes"

@@ -200,3 +200,18 @@ def test_real_coadd_with_no_data_corners_is_measured() -> None:
     # Every source lies on the data, where the CoaddPsf is defined.
     assert np.all(np.isfinite(cat["flux_psf"])) and np.all(np.isfinite(cat["psf_ixx"]))
     assert not np.any(np.asarray(cat["flags"]) & int(SourceFlag.PSF_FLUX_FAILED))
+
+
+def test_psf_too_small_for_its_moments_is_not_an_error() -> None:
+    """A PSF defined on the data but too small for HSM: NaN PSF moments, fluxes measured.
+
+    Unknown moments (as on undersampled real images) are not an undefined PSF.
+    """
+    exposure, stars = _coadd_like()
+    covered = exposure.psf.contributors
+    tiny = CoaddPsf([GaussianPsf(sigma=0.2)], [1.0], covered)
+    deblended = deblend_sources(exposure, detect_sources(exposure))
+    cat = measure_sources(exposure, deblended, psf=tiny).catalog
+    assert len(cat) == len(stars)
+    assert np.all(np.isnan(cat["psf_ixx"]))
+    assert np.all(np.isfinite(cat["flux_psf"]))
