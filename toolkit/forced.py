@@ -33,11 +33,11 @@ import sep
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from ._model_fits import _place
 from ._stamps import cutout, good_size
 from .deblend import Deblended
 from .exposure import Exposure
 from .flags import SourceFlag
-from .measurement import _place
 
 __all__ = ["ForcedConfig", "ForcedPhotometry", "forced_photometry"]
 

@@ -41,7 +41,6 @@ from astropy.table import Column, Table
 from numpy.typing import NDArray
 
 from ._model_fits import _fit_batch, _FitInput
-from ._model_fits import _place as _place  # re-exported: forced photometry imports it
 from ._moments import _hsm_moments, _psf_stamp, _PsfMomentGrid
 from ._stamps import cutout, good_size
 from .deblend import Deblended
