@@ -168,11 +168,35 @@ class Detections:
         return np.column_stack([ys + y0, starts + x0, stops + x0]).astype(np.int64)
 
 
-def _kernel(exposure: Exposure, config: DetectionConfig) -> tuple[NDArray[np.float64], float]:
+def _psf_position(exposure: Exposure) -> tuple[float, float]:
+    """Where to evaluate the smoothing PSF: the centre, or the data pixel nearest to it.
+
+    A coadd's PSF is undefined where no input contributed (``NO_DATA``), which can
+    include the centre of a patch the inputs only partly cover.
+    """
     ny, nx = exposure.shape
+    cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
+    if "NO_DATA" not in exposure.mask_planes:
+        return cx, cy
+    no_data = exposure.plane("NO_DATA")
+    if not no_data[round(cy), round(cx)]:
+        return cx, cy
+    rows, cols = np.nonzero(~no_data)
+    if rows.size == 0:
+        return cx, cy
+    nearest = int(np.argmin((cols - cx) ** 2 + (rows - cy) ** 2))
+    return float(cols[nearest]), float(rows[nearest])
+
+
+def _kernel(exposure: Exposure, config: DetectionConfig) -> tuple[NDArray[np.float64], float]:
     if exposure.psf is not None:
-        stamp = np.asarray(exposure.psf.compute_image((nx - 1) / 2.0, (ny - 1) / 2.0), float)
-        if stamp.ndim == 2 and np.all(np.isfinite(stamp)) and stamp.sum() > 0:
+        x, y = _psf_position(exposure)
+        try:
+            stamp = np.asarray(exposure.psf.compute_image(x, y), float)
+        except ValueError as err:  # e.g. a coadd PSF where nothing contributed
+            log.warning("the exposure's PSF cannot be evaluated at (%g, %g): %s", x, y, err)
+            stamp = np.zeros((0, 0))
+        if stamp.ndim == 2 and stamp.size and np.all(np.isfinite(stamp)) and stamp.sum() > 0:
             stamp = stamp / stamp.sum()
             sigma = _gaussian_sigma(stamp)
             # The far wings add nothing to a matched filter but cost time.

@@ -178,3 +178,46 @@ def test_crowded_footprint_conserves_flux() -> None:
     np.testing.assert_allclose(shares, 1 / 12, atol=0.02)
     # Each child's heavy footprint is cropped to where it has weight.
     assert all(h.weights.size < 160 * 160 for h in blend.heavy_footprints[1:])
+
+
+class _GaussianPsf:
+    """A round Gaussian PSF of ``sigma`` px, the same everywhere."""
+
+    def __init__(self, sigma: float) -> None:
+        self.sigma = sigma
+
+    def compute_image(self, x: float, y: float, size: int | None = None) -> np.ndarray:
+        n = 25 if size is None else int(size)
+        stamp = galsim.Gaussian(sigma=self.sigma).drawImage(nx=n, ny=n, scale=1.0)
+        return stamp.array / stamp.array.sum()
+
+
+def test_coadd_psf_undefined_at_the_centre_is_taken_where_there_is_data(caplog) -> None:
+    """A coadd whose inputs leave the patch centre empty: its PSF raises there."""
+    from stacklab.toolkit.coadd_psf import CoaddPsf
+
+    shape, sigma = (161, 161), 2.5
+    yy, xx = np.indices(shape)
+    covered = np.hypot(xx - 80.0, yy - 80.0) > 30.0  # a hole of NO_DATA in the middle
+    stars = [(20.3, 30.6), (130.2, 40.1), (60.7, 140.4), (140.5, 135.2)]
+    rng = np.random.default_rng(3)
+    image = rng.normal(0.0, 1.0, shape)
+    for x, y in stars:
+        image += 2e3 * np.exp(-0.5 * ((xx - x) ** 2 + (yy - y) ** 2) / sigma**2)
+    psf = CoaddPsf([_GaussianPsf(sigma)], [1.0], covered.astype(np.int64))
+    with pytest.raises(ValueError, match="NO_DATA"):
+        psf.compute_image(80.0, 80.0)
+    no_data = Exposure(np.zeros(shape)).mask_planes.bitmask("NO_DATA")
+    exposure = Exposure(
+        np.where(covered, image, 0.0),
+        variance=np.where(covered, 1.0, np.inf),
+        mask=np.where(covered, 0, no_data),
+        psf=psf,
+    )
+    with caplog.at_level("WARNING", logger="stacklab.toolkit.detection"):
+        detections = detect_sources(exposure)
+    assert not caplog.records  # the coadd's own PSF was used, not the Gaussian fallback
+    assert abs(detections.kernel_sigma_px - sigma) < 0.05
+    found = cKDTree(np.column_stack([detections.peaks["x"], detections.peaks["y"]]))
+    distances, _ = found.query(stars)
+    assert np.all(distances <= np.sqrt(0.5))  # peaks are pixels: the nearest one
