@@ -216,8 +216,11 @@ def find_artifacts(
         at = region_of(i)
         both = usable & ok[at]
         diff = np.where(both, image - template[at], 0.0)
+        del image
         noise = np.where(both, variance + template_variance[at], 0.0)
+        del variance
         labels, n = _candidates(diff, noise, both, psf_sigma_px, config)
+        del diff, noise
         if n:
             unmasked = np.bincount(labels.ravel(), weights=usable.ravel(), minlength=n + 1)
             size = np.bincount(labels.ravel(), minlength=n + 1)

@@ -216,20 +216,28 @@ def _detect_on_warp(
     noise correlations the variance plane does not describe (resampling,
     PSF matching) do not inflate it.
     """
-    weight = usable.astype(np.float64)
-    img = np.where(usable, image, 0.0).astype(np.float64)
-    var = np.where(usable, variance, 0.0).astype(np.float64)
-    smooth = ndimage.gaussian_filter(img, psf_sigma_px, mode="constant")
+    # Each full-size float64 temporary is dropped as soon as it is used: these
+    # images are patch- or warp-sized, and several at once set the coadd's peak memory.
+    smooth = ndimage.gaussian_filter(
+        np.where(usable, image, 0.0).astype(np.float64), psf_sigma_px, mode="constant"
+    )
     # Noise of the smoothed image: the variance convolved with the squared kernel,
     # a Gaussian of sigma/sqrt(2) scaled by 1/(4 pi sigma^2).
-    smooth_var = ndimage.gaussian_filter(var, psf_sigma_px / np.sqrt(2.0), mode="constant") / (
-        4.0 * np.pi * psf_sigma_px**2
+    smooth_var = ndimage.gaussian_filter(
+        np.where(usable, variance, 0.0).astype(np.float64),
+        psf_sigma_px / np.sqrt(2.0),
+        mode="constant",
     )
-    coverage = ndimage.gaussian_filter(weight, psf_sigma_px, mode="constant")
+    smooth_var /= 4.0 * np.pi * psf_sigma_px**2
+    covered = ndimage.gaussian_filter(usable.astype(np.float64), psf_sigma_px, mode="constant")
+    covered = covered > 0.5
     with np.errstate(divide="ignore", invalid="ignore"):
-        snr = np.where((smooth_var > 0) & (coverage > 0.5), smooth / np.sqrt(smooth_var), 0.0)
+        np.sqrt(smooth_var, out=smooth_var)
+        smooth /= smooth_var
+    snr = np.where((smooth_var > 0) & covered, smooth, 0.0)
+    del smooth, smooth_var
     if empirical_noise:
-        values = snr[usable & (coverage > 0.5)]
+        values = snr[usable & covered]
         if values.size:
             scatter = 1.4826 * float(np.median(np.abs(values - np.median(values))))
             if scatter > 0:
