@@ -176,7 +176,7 @@ def test_warped_psf_matches_stars_on_the_warp(visits, patch) -> None:
 
 
 def test_tabulated_kernel_is_the_normalized_lanczos_kernel() -> None:
-    from stacklab.toolkit.warp import _TABLE_STEPS, _lanczos_taps, _table_taps
+    from stacklab.toolkit._lanczos import _TABLE_STEPS, _lanczos_taps, _table_taps
 
     frac = np.concatenate([[0.0, 0.5, 1 - 1e-12], np.random.default_rng(5).random(5000)])
     # The table row used is the exact kernel at a position within half a step of frac.
