@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 from ._stamps import cutout, fft_shift, good_size
 from .exposure import Exposure
 from .flags import SourceFlag
-from .psf import _hsm
+from .psf_model import _hsm
 
 __all__ = [
     "SRD_RHO1_REQUIREMENTS",

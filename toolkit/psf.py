@@ -1,10 +1,8 @@
 """PSF modelling in the spirit of PSFEx: a pixel-basis model whose pixels vary over the detector.
 
-Model. The PSF at detector position ``(x, y)`` is a stamp of ``N x N`` pixel values
-``P_p(x, y) = sum_k c_pk t_k(u, v)``, where ``t_k`` are the monomials ``u^i v^j``
-(``i + j <= spatial_order``) of the scaled position ``u = (x - x_c)/s``,
-``v = (y - y_c)/s``. The stamp is the pixelized PSF centred on the centre of its
-middle pixel; it is normalised to unit sum when evaluated.
+Model (:mod:`.psf_model`). The PSF at detector position ``(x, y)`` is a stamp of
+``N x N`` pixel values ``P_p(x, y) = sum_k c_pk t_k(u, v)``, where ``t_k`` are the
+monomials ``u^i v^j`` (``i + j <= spatial_order``) of the scaled position.
 
 Fit. PSF stars are chosen automatically: isolated (undeblended) sources with
 peak S/N above ``min_snr``, no saturated, cosmic-ray, interpolated, bad or edge
@@ -29,18 +27,15 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
-import galsim
 import numpy as np
-from astropy.io import fits
 from astropy.table import Table
 from numpy.typing import NDArray
 
-from ._stamps import cutout, fft_shift, good_size, inside_fraction
+from ._stamps import cutout, fft_shift, inside_fraction
 from .deblend import Deblended
-from .errors import ToolkitError
 from .exposure import Exposure
+from .psf_model import PsfModel, PsfShape, _hsm, _n_terms, _terms
 from .rho_statistics import RhoStatistics, rho_statistics
 
 __all__ = [
@@ -62,150 +57,6 @@ _CHILD_MIN_FLUX_SHARE = 0.5
 # Fewest stars for any fitted model (order 0); below it the Gaussian fallback is used.
 _MIN_STARS = 2
 _STAR_REJECT_PLANES = ("SAT", "CR", "INTRP", "BAD", "NO_DATA", "EDGE", "SUSPECT", "STREAK")
-
-
-class PsfShape(NamedTuple):
-    """Adaptive second moments of a PSF: size ``T = Ixx + Iyy`` (px²) and distortion e1, e2."""
-
-    T: float
-    e1: float
-    e2: float
-
-
-def _terms(u: NDArray[np.float64], v: NDArray[np.float64], order: int) -> NDArray[np.float64]:
-    return np.stack([u**i * v**j for i in range(order + 1) for j in range(order + 1 - i)], axis=-1)
-
-
-def _n_terms(order: int) -> int:
-    return (order + 1) * (order + 2) // 2
-
-
-@dataclass(frozen=True, eq=False)
-class PsfModel:
-    """A pixel-basis PSF whose pixels are polynomials of the detector position.
-
-    Parameters
-    ----------
-    coefficients : numpy.ndarray, shape (n_terms, N, N)
-        Coefficient of each polynomial term for each stamp pixel.
-    spatial_order : int
-        Order of the polynomial in ``u, v``.
-    x_center, y_center, scale : float
-        ``u = (x - x_center) / scale``, ``v = (y - y_center) / scale`` (pixels).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> yy, xx = np.mgrid[-7:8, -7:8]
-    >>> stamp = np.exp(-(xx**2 + yy**2) / 8.0)
-    >>> model = PsfModel(stamp[None] / stamp.sum(), spatial_order=0)
-    >>> round(float(model.compute_image(10.0, 20.0).sum()), 6)
-    1.0
-    """
-
-    coefficients: NDArray[np.float64]
-    spatial_order: int = 0
-    x_center: float = 0.0
-    y_center: float = 0.0
-    scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        coeffs = np.asarray(self.coefficients, dtype=np.float64)
-        if coeffs.ndim != 3 or coeffs.shape[1] != coeffs.shape[2] or coeffs.shape[1] % 2 == 0:
-            msg = f"coefficients must have shape (n_terms, N, N) with N odd, got {coeffs.shape}"
-            raise ValueError(msg)
-        if coeffs.shape[0] != _n_terms(self.spatial_order):
-            msg = (
-                f"spatial_order {self.spatial_order} needs {_n_terms(self.spatial_order)} terms, "
-                f"coefficients have {coeffs.shape[0]}"
-            )
-            raise ValueError(msg)
-        if not self.scale > 0:
-            msg = f"scale must be > 0 pixels, got {self.scale!r}"
-            raise ValueError(msg)
-        object.__setattr__(self, "coefficients", coeffs)
-
-    @property
-    def stamp_size(self) -> int:
-        """Width of the model stamp (pixels, odd)."""
-        return int(self.coefficients.shape[1])
-
-    def compute_image(self, x: float, y: float) -> NDArray[np.float64]:
-        """Return the PSF at ``(x, y)`` centred on the middle pixel's centre, summing to 1.
-
-        Parameters
-        ----------
-        x, y : float
-            Detector position (pixels, 0-based).
-        """
-        t = _terms(
-            np.asarray((x - self.x_center) / self.scale),
-            np.asarray((y - self.y_center) / self.scale),
-            self.spatial_order,
-        )
-        stamp = np.tensordot(t, self.coefficients, axes=1)
-        total = stamp.sum()
-        return np.asarray(stamp / total if total != 0 else stamp)
-
-    def draw(self, x: float, y: float) -> NDArray[np.float64]:
-        """Return the PSF centred exactly at ``(x, y)``, summing to 1.
-
-        The stamp's middle pixel is ``(round(x), round(y))``; the sub-pixel shift is
-        a Fourier phase ramp.
-        """
-        stamp = self.compute_image(x, y)
-        dx, dy = x - np.floor(x + 0.5), y - np.floor(y + 0.5)
-        pad = (good_size(stamp.shape[0] + 6) - stamp.shape[0]) // 2
-        shifted = fft_shift(np.pad(stamp, pad), dx, dy)[pad:-pad, pad:-pad]
-        return np.asarray(shifted / shifted.sum())
-
-    def moments(self, x: float, y: float) -> PsfShape:
-        """Return adaptive moments (GalSim HSM) of the model at ``(x, y)``.
-
-        Raises
-        ------
-        ToolkitError
-            If HSM does not converge on the model stamp.
-        """
-        shape = _hsm(np.pad(self.compute_image(x, y), self.stamp_size // 2))
-        if shape is None:
-            msg = f"adaptive moments of the PSF model failed at ({x}, {y})"
-            raise ToolkitError(msg)
-        return PsfShape(*shape[:3])
-
-    def fwhm_px(self, x: float, y: float) -> float:
-        """Gaussian-equivalent FWHM of the model at ``(x, y)`` (pixels), from its moments.
-
-        Falls back to unweighted second moments when adaptive moments fail.
-        """
-        try:
-            T = self.moments(x, y).T
-        except ToolkitError:
-            stamp = self.compute_image(x, y)
-            yy, xx = np.indices(stamp.shape) - stamp.shape[0] // 2
-            T = float(np.sum(stamp * (xx * xx + yy * yy)))
-        return float(np.sqrt(max(T, 1e-6) / 2.0) * _FWHM_PER_SIGMA)
-
-    def to_hdu(self) -> fits.ImageHDU:
-        """Return the model as an image HDU: the coefficient cube, scaling in the header."""
-        hdu = fits.ImageHDU(self.coefficients.astype(np.float64), name="PSF")
-        hdu.header["PSFORDER"] = (self.spatial_order, "polynomial order over the detector")
-        hdu.header["PSFXC"] = (self.x_center, "u = (x - PSFXC) / PSFSCALE")
-        hdu.header["PSFYC"] = (self.y_center, "v = (y - PSFYC) / PSFSCALE")
-        hdu.header["PSFSCALE"] = (self.scale, "pixels")
-        return hdu
-
-    @classmethod
-    def from_hdu(cls, hdu: fits.ImageHDU) -> PsfModel:
-        """Inverse of :meth:`to_hdu`."""
-        header = hdu.header
-        return cls(
-            np.asarray(hdu.data, dtype=np.float64),
-            spatial_order=int(header["PSFORDER"]),
-            x_center=float(header["PSFXC"]),
-            y_center=float(header["PSFYC"]),
-            scale=float(header["PSFSCALE"]),
-        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -336,31 +187,6 @@ class PsfFit:
     validation: PsfValidation
     fallback: bool
     config: PsfConfig = field(default_factory=PsfConfig)
-
-
-def _hsm(
-    stamp: NDArray[np.floating], bad: NDArray[np.bool_] | None = None, guess_sigma: float = 2.0
-) -> tuple[float, float, float, float, float, float] | None:
-    """Adaptive moments: T, e1, e2, x, y (stamp frame, 0-based) and amplitude, or None."""
-    image = galsim.ImageD(np.ascontiguousarray(stamp, dtype=np.float64), scale=1.0)
-    badpix = None if bad is None else galsim.ImageI(bad.astype(np.int32), scale=1.0)
-    try:
-        result = galsim.hsm.FindAdaptiveMom(
-            image, badpix=badpix, strict=False, guess_sig=guess_sigma
-        )
-    except galsim.GalSimError:  # e.g. every pixel masked
-        return None
-    if result.moments_status != 0 or not result.moments_sigma > 0:
-        return None
-    sigma = result.moments_sigma
-    return (
-        2.0 * sigma**2,
-        result.observed_shape.e1,
-        result.observed_shape.e2,
-        result.moments_centroid.x - 1.0,
-        result.moments_centroid.y - 1.0,
-        result.moments_amp,
-    )
 
 
 def _gaussian_model(fwhm_px: float, size: int) -> PsfModel:
