@@ -214,7 +214,7 @@ def test_coadd_psf_undefined_at_the_centre_is_taken_where_there_is_data(caplog) 
         mask=np.where(covered, 0, no_data),
         psf=psf,
     )
-    with caplog.at_level("WARNING", logger="stacklab.toolkit.detection"):
+    with caplog.at_level("WARNING", logger="stacklab.toolkit"):
         detections = detect_sources(exposure)
     assert not caplog.records  # the coadd's own PSF was used, not the Gaussian fallback
     assert abs(detections.kernel_sigma_px - sigma) < 0.05

@@ -1,0 +1,160 @@
+"""The smoothing kernel of detection and the matched-filter significance image.
+
+`_kernel` takes the exposure's PSF at the centre (or at the data pixel nearest it: a
+coadd's PSF is undefined where no input contributed), trimmed to its core, or a Gaussian
+of ``fallback_fwhm_px`` when there is no usable PSF. `_matched_filter` divides the image
+smoothed by that kernel by the noise of the smoothed image from the variance plane,
+``(data * K) / sqrt(var * K²)``; `_smoothed_at` gives the smoothed image at a few pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import galsim
+import numpy as np
+from numpy.typing import NDArray
+from scipy import fft
+
+from .exposure import Exposure
+
+if TYPE_CHECKING:
+    from .detection import DetectionConfig
+
+log = logging.getLogger(__name__)
+
+# Rows per strip of the matched filter and of footprint sums: a strip's transforms and
+# copies stay a small fraction of the image, and strips are long next to the kernel.
+_BLOCK_ROWS = 512
+
+
+def _psf_position(exposure: Exposure) -> tuple[float, float]:
+    """Where to evaluate the smoothing PSF: the centre, or the data pixel nearest to it.
+
+    A coadd's PSF is undefined where no input contributed (``NO_DATA``), which can
+    include the centre of a patch the inputs only partly cover.
+    """
+    ny, nx = exposure.shape
+    cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
+    if "NO_DATA" not in exposure.mask_planes:
+        return cx, cy
+    no_data = exposure.plane("NO_DATA")
+    if not no_data[round(cy), round(cx)]:
+        return cx, cy
+    rows, cols = np.nonzero(~no_data)
+    if rows.size == 0:
+        return cx, cy
+    nearest = int(np.argmin((cols - cx) ** 2 + (rows - cy) ** 2))
+    return float(cols[nearest]), float(rows[nearest])
+
+
+def _kernel(exposure: Exposure, config: DetectionConfig) -> tuple[NDArray[np.float64], float]:
+    if exposure.psf is not None:
+        x, y = _psf_position(exposure)
+        try:
+            stamp = np.asarray(exposure.psf.compute_image(x, y), float)
+        except ValueError as err:  # e.g. a coadd PSF where nothing contributed
+            log.warning("the exposure's PSF cannot be evaluated at (%g, %g): %s", x, y, err)
+            stamp = np.zeros((0, 0))
+        if stamp.ndim == 2 and stamp.size and np.all(np.isfinite(stamp)) and stamp.sum() > 0:
+            stamp = stamp / stamp.sum()
+            sigma = _gaussian_sigma(stamp)
+            # The far wings add nothing to a matched filter but cost time.
+            half = min(stamp.shape[0] // 2, int(np.ceil(4.0 * sigma)) + 1)
+            c = stamp.shape[0] // 2
+            kernel = stamp[c - half : c + half + 1, c - half : c + half + 1]
+            return kernel / kernel.sum(), float(sigma)
+        log.warning("the exposure's PSF gave an unusable stamp; smoothing with a Gaussian")
+    sigma = config.fallback_fwhm_px / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+    half = int(np.ceil(4.0 * sigma))
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
+    kernel = np.exp(-0.5 * (xx * xx + yy * yy) / sigma**2)
+    return kernel / kernel.sum(), float(sigma)
+
+
+def _gaussian_sigma(stamp: NDArray[np.float64]) -> float:
+    """Sigma (px) of the Gaussian with the stamp's adaptive moments; unweighted if HSM fails."""
+    result = galsim.hsm.FindAdaptiveMom(
+        galsim.ImageD(np.ascontiguousarray(stamp), scale=1.0), strict=False
+    )
+    if result.moments_status == 0 and result.moments_sigma > 0:
+        return float(result.moments_sigma)
+    yy, xx = np.indices(stamp.shape, dtype=float)
+    cy, cx = (np.asarray(stamp.shape) - 1) / 2.0
+    r2 = float(np.sum(stamp * ((xx - cx) ** 2 + (yy - cy) ** 2)))
+    return float(np.sqrt(max(r2, 0.25) / 2.0))
+
+
+def _matched_filter(
+    data: NDArray[np.float32],
+    var: NDArray[np.float32],
+    kernel: NDArray[np.floating],
+    block_rows: int = _BLOCK_ROWS,
+) -> NDArray[np.float32]:
+    """Return ``(data * K) / sqrt(var * K²)`` (convolutions, "same" size, zero outside).
+
+    Overlap-save in strips of ``block_rows`` rows: both convolutions of a strip
+    share its loop, and no full-size smoothed or noise image is ever held, only
+    the float32 result.
+    """
+    ny, nx = data.shape
+    kh, kw = kernel.shape
+    hy, hx = kh // 2, kw // 2
+    block = max(1, min(block_rows, ny))
+    shape = (
+        fft.next_fast_len(block + 2 * hy, real=True),
+        fft.next_fast_len(nx + 2 * hx, real=True),
+    )
+    k32 = np.asarray(kernel, dtype=np.float32)
+    kernel_ft = fft.rfft2(k32, s=shape)
+    kernel2_ft = fft.rfft2(k32 * k32, s=shape)
+    out = np.empty((ny, nx), dtype=np.float32)
+    # The strip has the transform's size already (zeros beyond the data), so the
+    # transforms need no padded copy of it.
+    strip = np.zeros(shape, dtype=np.float32)
+    for y0 in range(0, ny, block):
+        y1 = min(y0 + block, ny)
+        lo, hi = max(y0 - hy, 0), min(y1 + hy, ny)
+        rows = slice(lo - (y0 - hy), hi - (y0 - hy))
+        # The convolution at strip row r needs rows r-2hy..r: rows below 2hy wrap
+        # around in the circular transform and are not kept.
+        keep = (slice(2 * hy, 2 * hy + y1 - y0), slice(2 * hx, 2 * hx + nx))
+        smoothed_noise = []
+        for plane, transform in ((data, kernel_ft), (var, kernel2_ft)):
+            strip[:] = 0.0
+            strip[rows, hx : hx + nx] = plane[lo:hi]
+            full = fft.irfft2(fft.rfft2(strip) * transform, s=shape)
+            smoothed_noise.append(full[keep])
+        smoothed, noise2 = smoothed_noise
+        out[y0:y1] = smoothed / np.sqrt(np.maximum(noise2, np.float32(1e-30)))
+    return out
+
+
+def _smoothed_at(
+    image: NDArray[np.float32],
+    no_signal: NDArray[np.bool_],
+    kernel: NDArray[np.floating],
+    ys: NDArray[np.intp],
+    xs: NDArray[np.intp],
+) -> NDArray[np.float64]:
+    """Return ``image`` (0 on ``no_signal``) convolved with ``kernel`` at ``(ys, xs)``.
+
+    The same as the matched filter's smoothed image ("same" size, zero outside
+    the image), summed at a few pixels only, by chunks of pixels.
+    """
+    ny, nx = image.shape
+    kh, kw = kernel.shape
+    # Convolution: the pixel at offset (a, b) of the kernel weighs image[y + h - a, x + h - b].
+    dy = (kh // 2 - np.arange(kh))[None, :, None]
+    dx = (kw // 2 - np.arange(kw))[None, None, :]
+    weights = np.asarray(kernel, dtype=np.float64)[None]
+    out = np.zeros(len(ys))
+    for start in range(0, len(ys), 1024):
+        y = ys[start : start + 1024, None, None] + dy
+        x = xs[start : start + 1024, None, None] + dx
+        inside = (y >= 0) & (y < ny) & (x >= 0) & (x < nx)
+        y, x = np.clip(y, 0, ny - 1), np.clip(x, 0, nx - 1)
+        value = np.where(inside & ~no_signal[y, x], image[y, x].astype(np.float64), 0.0)
+        out[start : start + 1024] = np.sum(value * weights, axis=(1, 2))
+    return out
