@@ -7,7 +7,7 @@ statistic to a ``(n_inputs, rows, nx)`` chunk; ``_mark_safe_clip`` and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -204,14 +204,7 @@ def _mark_safe_clip(
     ny, nx = stack.shape
     diff = np.zeros((ny, nx))
     usable_any = np.zeros((ny, nx), dtype=bool)
-    step = _chunk_rows(config.chunk_rows, stack.n, nx)
-    for y0 in range(0, ny, step):
-        y1 = min(y0 + step, ny)
-        # Inputs without rows here would only add empty layers to the stack.
-        inputs = _overlapping(stack, y0, y1)
-        if not inputs:
-            continue
-        data, var, usable = _read_chunk(stack, y0, y1, bad_bits, inputs)
+    for y0, y1, inputs, data, var, usable in _stacked_chunks(stack, bad_bits, config.chunk_rows):
         mean, _, _ = _combine(data, var, usable, weights[inputs], "mean", 0.0, 0)
         clipped, _, _ = _combine(
             data, var, usable, weights[inputs], "clipped_mean",
@@ -250,13 +243,7 @@ def _mark_compare_warp(
     template_var = np.zeros((ny, nx))
     n_good = np.zeros((ny, nx), dtype=np.int16)
     cw = config.compare_warp
-    step = _chunk_rows(config.chunk_rows, stack.n, nx)
-    for y0 in range(0, ny, step):
-        y1 = min(y0 + step, ny)
-        inputs = _overlapping(stack, y0, y1)
-        if not inputs:
-            continue
-        data, var, usable = _read_chunk(stack, y0, y1, bad_bits, inputs)
+    for y0, y1, inputs, data, var, usable in _stacked_chunks(stack, bad_bits, config.chunk_rows):
         value, value_var, _ = _combine(
             data, var, usable, weights[inputs], "clipped_mean",
             cw.template_sigma_clip, cw.template_clip_iterations,
@@ -299,6 +286,25 @@ def _mark_compare_warp(
 def _overlapping(stack: _DiskStack, y0: int, y1: int) -> list[int]:
     """Return the inputs whose box has rows in ``y0..y1-1`` (the others have no data there)."""
     return [i for i, box in enumerate(stack.boxes) if box[0] < y1 and box[1] > y0]
+
+
+def _stacked_chunks(
+    stack: _DiskStack, bad_bits: int, max_rows: int
+) -> Iterator[
+    tuple[int, int, list[int], NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]
+]:
+    """Row chunks ``(y0, y1, inputs, data, var, usable)`` of the stack, as `_read_chunk`.
+
+    Only the inputs with rows in a chunk are stacked (the others would only add empty
+    layers); chunks no input reaches are skipped.
+    """
+    ny, nx = stack.shape
+    step = _chunk_rows(max_rows, stack.n, nx)
+    for y0 in range(0, ny, step):
+        y1 = min(y0 + step, ny)
+        inputs = _overlapping(stack, y0, y1)
+        if inputs:
+            yield (y0, y1, inputs, *_read_chunk(stack, y0, y1, bad_bits, inputs))
 
 
 def _read_chunk(
