@@ -34,6 +34,7 @@ from stacklab.toolkit.inspect_objects import (
 )
 from stacklab.toolkit.inspect_select import select_sources, step_id
 
+from ._messages import messages_html
 from .stamps import plot_stamp_grid, stamp_limits, stamp_png
 
 __all__ = ["FootprintInspector"]
@@ -202,7 +203,7 @@ class FootprintInspector(w.VBox):
         )
         self.inspection = found
         self._id_box.value = found.source_id
-        self._status.value = _messages_html(found.messages)
+        self._status.value = messages_html(found.messages)
         self._render_stamps(found)
         self._row.value = _row_html(found)
         self._neighbours.value = _neighbours_html(found)
@@ -261,7 +262,7 @@ class FootprintInspector(w.VBox):
     def _step(self, step: int) -> ObjectInspection | None:
         ids = self.filtered_ids()
         if len(ids) == 0:
-            self._status.value = _messages_html(
+            self._status.value = messages_html(
                 [f"no source matches the filter {self._filter.label!r}; choose another"]
             )
             return None
@@ -271,7 +272,7 @@ class FootprintInspector(w.VBox):
         try:
             self.show(int(self._id_box.value))
         except ValueError as error:
-            self._status.value = _messages_html([str(error)])
+            self._status.value = messages_html([str(error)])
 
     def _update_count(self) -> None:
         self._count.value = f"<span>{len(self.filtered_ids())} sources</span>"
@@ -364,16 +365,6 @@ def _label(stamp: SourceStamp, found: ObjectInspection) -> str:
         role = "isolated"
     mark = " ◀" if stamp.source_id == found.source_id else ""
     return f"{role} {stamp.source_id}{mark}"
-
-
-def _messages_html(messages: list[str]) -> str:
-    if not messages:
-        return ""
-    items = "".join(f"<li>{html.escape(m)}</li>" for m in messages)
-    return (
-        '<div class="sl-inspect-message" style="background:#fff3cd;color:#664d03;'
-        f'padding:4px 8px;border:1px solid #ffe69c"><ul style="margin:0">{items}</ul></div>'
-    )
 
 
 def _format(value: Any) -> str:

@@ -9,7 +9,6 @@ It works for single frames (``PsfModel`` with ``PsfFit.stars``) and coadds
 
 from __future__ import annotations
 
-import html
 import logging
 from typing import Any
 
@@ -20,6 +19,7 @@ from stacklab.toolkit.exposure import Exposure
 from stacklab.toolkit.inspect_psf import PsfInspection, inspect_psf, psf_field
 from stacklab.toolkit.rho_statistics import RhoStatistics
 
+from ._messages import messages_html
 from .plots import (
     Backend,
     plot_psf_size_map,
@@ -196,7 +196,7 @@ class PsfInspector(w.VBox):
         found = inspect_psf(self.exposure, x, y, self.stars, psf=self.psf, n_stars=self.n_stars)
         self.inspection = found
         self._x.value, self._y.value = float(x), float(y)
-        self._status.value = _messages(found.messages)
+        self._status.value = messages_html(found.messages)
         model = found.model
         png = stamp_png(model.stamp, stamp_limits(model.stamp, percentile=100.0))
         info = (
@@ -258,7 +258,7 @@ class PsfInspector(w.VBox):
                 catalog=self.catalog, zero_point=self.zero_point,
             )  # fmt: skip
         except ValueError as error:
-            self._field.children = (w.HTML(_messages([str(error)])),)
+            self._field.children = (w.HTML(messages_html([str(error)])),)
             return
         from bokeh.layouts import gridplot
 
@@ -275,7 +275,7 @@ class PsfInspector(w.VBox):
         try:
             self.show_position(float(self._x.value), float(self._y.value))
         except ValueError as error:
-            self._status.value = _messages([str(error)])
+            self._status.value = messages_html([str(error)])
 
     def _on_select(self, selection: dict[str, Any]) -> None:
         table = selection.get("table")
@@ -285,20 +285,10 @@ class PsfInspector(w.VBox):
         try:
             self.show_position(x, y)
         except ValueError as error:
-            self._status.value = _messages([str(error)])
+            self._status.value = messages_html([str(error)])
 
 
 def _bokeh(figure: Any) -> Any:
     from jupyter_bokeh import BokehModel
 
     return BokehModel(figure)
-
-
-def _messages(messages: list[str]) -> str:
-    if not messages:
-        return ""
-    items = "".join(f"<li>{html.escape(m)}</li>" for m in messages)
-    return (
-        '<div class="sl-inspect-message" style="background:#fff3cd;color:#664d03;'
-        f'padding:4px 8px"><ul style="margin:0">{items}</ul></div>'
-    )
