@@ -1,3 +1,4 @@
+# ruff: noqa: E402 - the jsonschema import is deferred before the modules below import it
 """Batch runs of curated notebooks: papermill tasks over parameter grids on Dask.
 
 >>> from stacklab.toolkit.batch import load_pipeline, plan_pipeline, run_pipeline
@@ -9,6 +10,10 @@ Modules, one job each: `pipeline` (pipeline files), `parameters` (the notebook's
 (running one task on a worker), `bookkeeping` (states and records of a run), `runner`
 (scheduling on Dask), `report` (HTML), and the ``cli_run``/``cli_status`` commands.
 """
+
+from ._deferred_imports import defer_rfc3987_syntax
+
+defer_rfc3987_syntax()  # before nbformat imports jsonschema: a second off every start
 
 from .cli_status import status_rows
 from .parameters import NotebookParameter, read_parameters, validate_parameters
