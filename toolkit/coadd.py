@@ -22,6 +22,15 @@ with ``statistic``:
   warp against a clipped template, filtered by epoch count) are rejected, then
   the weighted mean of the rest.
 
+The artifact-rejecting statistics (``"safe_clip"``, ``"compare_warp"``) expect
+cosmic rays masked in the inputs, as single-frame processing does (LSST's
+CompareWarp runs on CR-masked calexps): a cosmic ray on a source looks like the
+source varying, which comparisons between epochs cannot tell apart. Inputs whose
+CR plane is empty (not processed) get the single-frame sharpness test
+(:mod:`~stacklab.toolkit.cosmic_rays`, ``cosmic_rays``) before warping; the CR
+plane is in ``bad_mask_planes``, so those pixels are left out of the warp's kernel
+sums and of the combine.
+
 Rejected inputs get the CLIPPED plane in their warp; the coadd's CLIPPED plane
 marks pixels where any input was rejected, NO_DATA where none is left (never
 NaN), and INEXACT_PSF where an input was clipped or reached a sensor edge.
@@ -54,6 +63,7 @@ from .coadd_stack import (
     _mark_safe_clip,
 )
 from .compare_warp import CompareWarpConfig
+from .cosmic_rays import CosmicRayConfig, find_cosmic_rays
 from .exposure import Exposure
 from .mask import MaskPlanes
 from .psf_match import PsfMatchConfig, TargetPsf, match_to_target
@@ -119,6 +129,10 @@ class CoaddConfig:
     psf_match : PsfMatchConfig, optional
         Match every warp to a common Kolmogorov PSF before combining (a
         PSF-matched coadd, whose PSF is that target); None for a direct coadd.
+    cosmic_rays : CosmicRayConfig, optional
+        For ``"safe_clip"`` and ``"compare_warp"``: cosmic rays are found with
+        these settings on every input whose CR plane is empty, before warping
+        (the pixels are masked, not repaired); None to trust the inputs' masks.
     """
 
     statistic: Statistic = "compare_warp"
@@ -140,6 +154,9 @@ class CoaddConfig:
     compare_warp: CompareWarpConfig = field(default_factory=CompareWarpConfig)
     psf_stamp_size: int = 31
     psf_match: PsfMatchConfig | None = None
+    cosmic_rays: CosmicRayConfig | None = field(
+        default_factory=lambda: CosmicRayConfig(interpolate=False)
+    )
 
     def __post_init__(self) -> None:
         if self.statistic not in _STATISTICS:
@@ -269,6 +286,23 @@ def _target_psf(exposures: Sequence[Exposure], config: PsfMatchConfig) -> Target
     return TargetPsf(config.target_broadening * widest)
 
 
+def _mask_cosmic_rays(exposure: Exposure, config: CoaddConfig) -> Exposure:
+    """Return ``exposure`` with its cosmic rays masked (CR plane) when the statistic needs it.
+
+    Only the artifact-rejecting statistics ask for it, and only inputs whose CR plane
+    is empty (or absent) are searched: processed exposures keep their own CR masks.
+    """
+    if config.cosmic_rays is None or config.statistic not in ("safe_clip", "compare_warp"):
+        return exposure
+    if "CR" in exposure.mask_planes and np.any(exposure.mask & exposure.mask_planes.bitmask("CR")):
+        return exposure
+    if "CR" not in exposure.mask_planes:
+        exposure = exposure.replace(mask_planes=exposure.mask_planes.union(["CR"]))
+    found = find_cosmic_rays(exposure, config.cosmic_rays)
+    log.info("visit %s: %d cosmic-ray pixels masked before warping", exposure.visit, found.n_pixels)
+    return found.exposure
+
+
 def _covered_position(good: NDArray[np.bool_]) -> tuple[float, float] | None:
     """Return a pixel ``(x, y)`` where ``good`` is set, near the middle of its extent."""
     rows = np.flatnonzero(good.any(axis=1))
@@ -385,6 +419,7 @@ def coadd(
         stack = _DiskStack(tmp, shape, planes.bitmask("NO_DATA"))
         weights, scales, factors, visits, psfs, skipped = [], [], [], [], [], []
         for exposure in exposures:
+            exposure = _mask_cosmic_rays(exposure, config)
             try:
                 warp = _warp_box(exposure, wcs, shape, config.warp)
             except ValueError as err:
@@ -460,7 +495,8 @@ def coadd(
         if safe:
             _mark_safe_clip(stack, weight_array, bad_bits, clip_bit, det_bits, psf_sigma, config)
         elif config.statistic == "compare_warp":
-            _mark_compare_warp(stack, weight_array, bad_bits, clip_bit, psf_sigma, config)
+            sigmas = [_psf_sigma([p], shape) for p in psfs] if have_psf else None
+            _mark_compare_warp(stack, weight_array, bad_bits, clip_bit, psf_sigma, config, sigmas)
         result = _assemble(stack, weight_array, planes, bad_bits, config)
         image, variance, mask, n_inputs, contributors, n_all_clipped = result
         kept = (

@@ -237,6 +237,7 @@ def _mark_compare_warp(
     clip_bit: int,
     psf_sigma: float,
     config: CoaddConfig,
+    psf_sigmas: list[float] | None = None,
 ) -> None:
     ny, nx = stack.shape
     template = np.zeros((ny, nx))
@@ -272,7 +273,7 @@ def _mark_compare_warp(
 
     clipped = find_artifacts(
         template, template_var, n_good, warp, stack.n, psf_sigma_px=psf_sigma, config=cw,
-        regions=region,
+        regions=region, psf_sigmas_px=psf_sigmas,
     )  # fmt: skip
     for i in range(stack.n):
         clip = clipped(i)

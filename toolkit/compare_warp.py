@@ -17,16 +17,24 @@ After LSST's ``CompareWarpAssembleCoaddTask`` (DMTN-080):
    ``template_grow_sigma``) are kept (``preserve_contained_by_source``).
 
 Differences from LSST, chosen by the coadd benchmark: the template is made
-from the direct warps (no PSF-matched warps yet), so seeing differences show
-up at bright stars and are left to the epoch count and the source
-preservation; and the difference is thresholded after PSF smoothing
+from the direct warps (no PSF-matched warps), so the noise of each difference
+gets a PSF-mismatch term, a fraction of the smoothed template predicted from the
+warp's and the template's PSF sizes (at least ``psf_mismatch_floor``): seeing
+differences at bright stars no longer make candidates in most epochs, which
+merged with (and hid) artifacts next to them and clipped stars along with
+crossing trails. The difference is thresholded after PSF smoothing
 (``smooth=True``), which finds faint trails that a per-pixel 5 sigma cut misses.
+An artifact's clipped area is its candidate plus the pixels around it (within
+``clip_grow_sigma``) where the difference is still above
+``extent_threshold_sigma``, grown by ``extent_grow_px``: as wide as its light
+reaches rather than a fixed width. Cosmic rays are expected masked in the inputs
+(see :mod:`~stacklab.toolkit.coadd`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,9 +70,22 @@ class CompareWarpConfig:
         unsmoothed difference; 1.0 here balances faint trail wings against
         clipping real sources in the benchmark).
     clip_grow_sigma : float
-        Candidates found to be artifacts are grown by this many more PSF sigmas
-        before clipping, to take the faint wings of trails along (stacklab
-        addition: the decision uses the tighter footprint).
+        Candidates found to be artifacts reach this many more PSF sigmas out
+        when clipped, to take the faint wings of trails along (stacklab
+        addition: the decision uses the tighter footprint) ...
+    extent_threshold_sigma : float
+        ... but only over pixels where the smoothed difference is at least this
+        significant (either sign), grown by ``extent_grow_px``: the clipped area
+        follows how far the artifact's light reaches, not a fixed width (stacklab
+        addition).
+    extent_grow_px : float
+        Growth (px) of the clipped area over its significant pixels, for the
+        ragged, noisy edge of the faint wings.
+    psf_mismatch_floor : float
+        Smallest fractional PSF mismatch between a warp and the template: this
+        fraction of the (smoothed) template is added in quadrature to the noise
+        of each difference (stacklab addition). Warps whose PSF size differs from
+        the template's get the larger mismatch their sizes predict.
     prefilter_ratio : float
         Candidates with at most this fraction of unmasked pixels are dropped.
     max_num_epochs : int
@@ -88,6 +109,9 @@ class CompareWarpConfig:
     min_pixels: int = 4
     n_sigma_to_grow: float = 1.0
     clip_grow_sigma: float = 1.5
+    extent_threshold_sigma: float = 2.0
+    extent_grow_px: float = 3.0
+    psf_mismatch_floor: float = 0.05
     prefilter_ratio: float = 0.05
     max_num_epochs: int = 2
     max_fraction_epochs_low: float = 0.4
@@ -102,6 +126,7 @@ class CompareWarpConfig:
             "template_sigma_clip",
             "threshold_sigma",
             "template_threshold_sigma",
+            "extent_threshold_sigma",
         ):
             if not getattr(self, name) > 0:
                 msg = f"{name} must be > 0, got {getattr(self, name)!r}"
@@ -120,10 +145,58 @@ class CompareWarpConfig:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 msg = f"{name} must be a fraction in [0, 1], got {getattr(self, name)!r}"
                 raise ValueError(msg)
-        for name in ("n_sigma_to_grow", "template_grow_sigma", "clip_grow_sigma"):
+        for name in (
+            "n_sigma_to_grow",
+            "template_grow_sigma",
+            "clip_grow_sigma",
+            "psf_mismatch_floor",
+            "extent_grow_px",
+        ):
             if getattr(self, name) < 0:
                 msg = f"{name} must be >= 0, got {getattr(self, name)!r}"
                 raise ValueError(msg)
+
+
+def _smoothed_snr(
+    diff: NDArray[np.float64],
+    noise_var: NDArray[np.float64],
+    usable: NDArray[np.bool_],
+    psf_sigma_px: float,
+    mismatch: NDArray[np.float64] | None,
+) -> NDArray[np.float64]:
+    """S/N of the PSF-smoothed difference, in units of its own robust scatter.
+
+    ``mismatch`` (ADU, already smoothed) is added in quadrature to the noise of the
+    smoothed difference: the part of a source's residual that PSF differences
+    between the warp and the template can explain.
+    """
+    smooth = ndimage.gaussian_filter(np.where(usable, diff, 0.0), psf_sigma_px, mode="constant")
+    # Noise of the smoothed image: the variance convolved with the squared kernel,
+    # a Gaussian of sigma/sqrt(2) scaled by 1/(4 pi sigma^2).
+    smooth_var = ndimage.gaussian_filter(
+        np.where(usable, noise_var, 0.0), psf_sigma_px / np.sqrt(2.0), mode="constant"
+    )
+    smooth_var /= 4.0 * np.pi * psf_sigma_px**2
+    covered = ndimage.gaussian_filter(usable.astype(np.float64), psf_sigma_px, mode="constant")
+    good = (smooth_var > 0) & (covered > 0.5)
+    del covered
+    np.sqrt(smooth_var, out=smooth_var)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = np.where(good, smooth / smooth_var, 0.0)
+    # LSST's doScaleWarpVariance: resampling correlates the noise, which the
+    # variance plane does not describe; the sky's own scatter sets the unit.
+    values = snr[usable & good]
+    scatter = 1.0
+    if values.size:
+        measured = 1.4826 * float(np.median(np.abs(values - np.median(values))))
+        scatter = measured if measured > 0 else 1.0
+    if mismatch is None:
+        snr /= scatter
+    else:
+        smooth_var *= scatter
+        with np.errstate(divide="ignore", invalid="ignore"):
+            snr = np.where(good, smooth / np.hypot(smooth_var, mismatch), 0.0)
+    return np.asarray(snr)
 
 
 def _candidates(
@@ -132,27 +205,51 @@ def _candidates(
     usable: NDArray[np.bool_],
     psf_sigma_px: float,
     config: CompareWarpConfig,
-) -> tuple[NDArray[np.int32], int]:
+    mismatch: NDArray[np.float64] | None = None,
+) -> tuple[NDArray[np.int32], int, NDArray[np.bool_]]:
+    """Label the grown candidates of one difference; also return where it is significant.
+
+    The second mask holds the pixels above ``extent_threshold_sigma`` (either sign):
+    how far an artifact reaches, used to trim the clipped area.
+    """
     if config.smooth:
-        positive, negative = _detect_on_warp(
-            diff.astype(np.float32), noise_var.astype(np.float32), usable,
-            psf_sigma_px=psf_sigma_px, threshold_sigma=config.threshold_sigma,
-            min_pixels=config.min_pixels, grow_sigma=0.0, empirical_noise=True,
-        )  # fmt: skip
-        found = positive | negative
+        snr = _smoothed_snr(diff, noise_var, usable, psf_sigma_px, mismatch)
     else:
+        total = noise_var if mismatch is None else noise_var + mismatch**2
         with np.errstate(divide="ignore", invalid="ignore"):
-            snr = np.where(usable & (noise_var > 0), diff / np.sqrt(noise_var), 0.0)
-        found = _drop_small(snr >= config.threshold_sigma, config.min_pixels)
-        found |= _drop_small(snr <= -config.threshold_sigma, config.min_pixels)
+            snr = np.where(usable & (total > 0), diff / np.sqrt(total), 0.0)
+    found = _drop_small(snr >= config.threshold_sigma, config.min_pixels)
+    found |= _drop_small(snr <= -config.threshold_sigma, config.min_pixels)
+    extent = np.abs(snr) >= config.extent_threshold_sigma
+    del snr
     found = _grow(found, config.n_sigma_to_grow * psf_sigma_px)
     labels, n = ndimage.label(found, structure=_EIGHT)
-    return labels.astype(np.int32), int(n)
+    return labels.astype(np.int32), int(n), extent
 
 
 def region_margin(psf_sigma_px: float, config: CompareWarpConfig) -> int:
     """Pixels around a warp's data that its candidates can reach (by growing), for regions."""
     return int(np.ceil(config.n_sigma_to_grow * psf_sigma_px)) + 2
+
+
+def _mismatch_fractions(
+    psf_sigmas_px: Sequence[float] | None, n_warps: int, smoothing_px: float, floor: float
+) -> NDArray[np.float64]:
+    """Fractional PSF mismatch of each warp against the template, after smoothing.
+
+    A point source's smoothed peak scales as ``1 / (s**2 + k**2)`` for a PSF of
+    Gaussian sigma ``s`` smoothed by ``k``; the template's PSF has about the mean
+    ``s**2`` of the warps. The fraction is the relative difference of those peaks,
+    at least ``floor`` (shape differences the sizes do not capture).
+    """
+    if psf_sigmas_px is None:
+        return np.full(n_warps, floor)
+    s2 = np.asarray(psf_sigmas_px, dtype=float) ** 2
+    if s2.shape != (n_warps,):
+        msg = f"psf_sigmas_px must hold one sigma per warp ({n_warps}), got {len(s2)}"
+        raise ValueError(msg)
+    k2 = smoothing_px**2
+    return np.maximum(floor, np.abs((np.mean(s2) + k2) / (s2 + k2) - 1.0))
 
 
 def find_artifacts(
@@ -165,6 +262,7 @@ def find_artifacts(
     psf_sigma_px: float,
     config: CompareWarpConfig | None = None,
     regions: Callable[[int], tuple[slice, slice]] | None = None,
+    psf_sigmas_px: Sequence[float] | None = None,
 ) -> Callable[[int], NDArray[np.bool_] | None]:
     """Find the artifacts of every warp against a static-sky template.
 
@@ -181,7 +279,7 @@ def find_artifacts(
     n_warps : int
         Number of warps.
     psf_sigma_px : float
-        Gaussian sigma of the PSF (px).
+        Gaussian sigma of the PSF (px), for smoothing and growing.
     config : CompareWarpConfig, optional
         Thresholds and filters.
     regions : callable, optional
@@ -189,14 +287,25 @@ def find_artifacts(
         every pixel where warp ``i`` has data, grown by :func:`region_margin`; the
         work per warp then follows its region, with the same result as on the
         whole grid. By default every warp spans the whole grid.
+    psf_sigmas_px : sequence of float, optional
+        Gaussian sigma (px) of each warp's PSF: sets each warp's PSF-mismatch
+        noise term (by default every warp gets ``psf_mismatch_floor``).
 
     Returns
     -------
     callable
         ``clipped(i)``: boolean image of warp ``i``'s artifact pixels (on its
         region when ``regions`` is given), or None.
+
+    Raises
+    ------
+    ValueError
+        If ``psf_sigmas_px`` does not hold one value per warp.
     """
     config = CompareWarpConfig() if config is None else config
+    fractions = _mismatch_fractions(
+        psf_sigmas_px, n_warps, psf_sigma_px if config.smooth else 0.0, config.psf_mismatch_floor
+    )
     ok = n_good > 0
     sources = np.zeros(template.shape, dtype=bool)
     if config.preserve_contained_by_source:
@@ -206,12 +315,20 @@ def find_artifacts(
             grow_sigma=config.template_grow_sigma,
         )  # fmt: skip
         sources = positive
+    # What PSF differences can leave of a source in a difference: a fraction of the
+    # template, smoothed as the difference is.
+    scale = np.abs(
+        ndimage.gaussian_filter(np.where(ok, template, 0.0), psf_sigma_px, mode="constant")
+        if config.smooth
+        else np.where(ok, template, 0.0)
+    )
     everywhere = (slice(None), slice(None))
+    reach = config.clip_grow_sigma * psf_sigma_px
 
     def region_of(i: int) -> tuple[slice, slice]:
         return regions(i) if regions is not None else everywhere
 
-    def candidates(i: int) -> tuple[NDArray[np.int32], int]:
+    def candidates(i: int) -> tuple[NDArray[np.int32], int, NDArray[np.bool_]]:
         image, variance, usable = warp(i)
         at = region_of(i)
         both = usable & ok[at]
@@ -219,7 +336,9 @@ def find_artifacts(
         del image
         noise = np.where(both, variance + template_variance[at], 0.0)
         del variance
-        labels, n = _candidates(diff, noise, both, psf_sigma_px, config)
+        labels, n, extent = _candidates(
+            diff, noise, both, psf_sigma_px, config, fractions[i] * scale[at]
+        )
         del diff, noise
         if n:
             unmasked = np.bincount(labels.ravel(), weights=usable.ravel(), minlength=n + 1)
@@ -227,20 +346,22 @@ def find_artifacts(
             keep = unmasked > config.prefilter_ratio * size
             keep[0] = False
             labels = np.where(keep[labels], labels, 0).astype(np.int32)
-        return labels, n
+        # Only the significant pixels an artifact could reach are kept.
+        return labels, n, extent & _grow(labels > 0, reach)
 
     # Candidates are found once per warp and kept as their (few) labelled pixels.
-    found: list[tuple[tuple[int, ...], NDArray[np.intp], NDArray[np.int32], int]] = []
+    found: list[tuple[tuple[int, ...], NDArray[np.intp], NDArray[np.int32], int, NDArray[np.intp]]]
+    found = []
     epoch_count = np.zeros(template.shape, dtype=np.int16)
     for i in range(n_warps):
-        labels, n = candidates(i)
+        labels, n, extent = candidates(i)
         pixels = np.flatnonzero(labels)
-        found.append((labels.shape, pixels, labels.ravel()[pixels], n))
+        found.append((labels.shape, pixels, labels.ravel()[pixels], n, np.flatnonzero(extent)))
         epoch_count[region_of(i)] += (labels > 0).astype(np.int16)
-        del labels
+        del labels, extent
 
     def clipped(i: int) -> NDArray[np.bool_] | None:
-        shape, pixels, values, n = found[i]
+        shape, pixels, values, n, extent_pixels = found[i]
         if n == 0 or pixels.size == 0:
             return None
         at = region_of(i)
@@ -266,7 +387,12 @@ def find_artifacts(
         artifact[0] = False
         if not artifact.any():
             return None
-        return _grow(np.asarray(artifact[labels]), config.clip_grow_sigma * psf_sigma_px)
+        core = np.asarray(artifact[labels])
+        # The artifact reaches out as far as its difference stays significant
+        # (within the reach of the growth), grown over the ragged noisy edge.
+        extent = np.zeros(shape, dtype=bool)
+        extent.ravel()[extent_pixels] = True
+        return _grow(core | (extent & _grow(core, reach)), config.extent_grow_px)
 
     log.debug("compare-warp: epoch counts up to %d", int(epoch_count.max()))
     return clipped
