@@ -6,6 +6,10 @@ sep); the grid is median-filtered and spline-interpolated back to full
 resolution. After the first pass, pixels above ``mask_threshold_sigma`` times the
 local rms (smoothed with a 3x3 box, then grown by ``mask_grow_px``) are masked
 and the estimate is repeated, so that bright objects do not pull the sky up.
+
+The result keeps the mesh (one value per box), not full-resolution maps: the
+``background`` and ``rms`` maps are interpolated from it when asked for, exactly as
+sep does (bicubic spline), whole or a block of rows at a time.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import sep
 from numpy.typing import NDArray
-from scipy import ndimage
 
+from ._background_mesh import _BLOCK_ROWS, _evaluate, _mesh_from_map
+from ._footprint_spans import _label_compact
 from .errors import ToolkitError
 from .exposure import Exposure
+from .mask import _bits_set
 
 __all__ = ["Background", "BackgroundConfig", "estimate_background", "subtract_background"]
 
@@ -90,34 +96,106 @@ class BackgroundConfig:
 
 @dataclass(frozen=True, eq=False)
 class Background:
-    """A background estimate.
+    """A background estimate, kept as its mesh.
 
     Attributes
     ----------
-    background : numpy.ndarray
-        Sky level of every pixel (ADU), float32, shape of the image.
-    rms : numpy.ndarray
-        Sky rms of every pixel (ADU), float32.
+    mesh_background : numpy.ndarray
+        Sky level of every mesh box (ADU), float32, shape
+        ``(ceil(ny / mesh_size_px), ceil(nx / mesh_size_px))`` (after sep's median
+        filter of the mesh).
+    mesh_rms : numpy.ndarray
+        Sky rms of every mesh box (ADU), float32, same shape.
+    shape : tuple of int
+        ``(ny, nx)`` of the image the maps cover (pixels).
     global_background : float
         Mean of the mesh estimates (ADU).
     global_rms : float
         Mean of the mesh rms estimates (ADU).
-    source_mask : numpy.ndarray
-        Boolean image of the pixels masked as sources in the last iteration.
+    source_mask_bits : numpy.ndarray
+        The pixels masked as sources in the last iteration, bit-packed along x
+        (``numpy.packbits(mask, axis=1)``); :attr:`source_mask` unpacks it.
     mesh_size_px : int
         Mesh box size actually used (it can be smaller than the configured one
         for small images, see :func:`estimate_background`).
     config : BackgroundConfig
         The settings that made it.
+
+    Notes
+    -----
+    :attr:`background` and :attr:`rms` are full-resolution float32 maps computed
+    from the mesh on every access (4 bytes per pixel each; about 20 ms per
+    1000² pixels): hold on to the array if you use it several times, or take
+    blocks of rows with :meth:`background_rows` and :meth:`rms_rows`.
     """
 
-    background: NDArray[np.float32]
-    rms: NDArray[np.float32]
+    mesh_background: NDArray[np.float32]
+    mesh_rms: NDArray[np.float32]
+    shape: tuple[int, int]
     global_background: float
     global_rms: float
-    source_mask: NDArray[np.bool_]
+    source_mask_bits: NDArray[np.uint8]
     mesh_size_px: int
     config: BackgroundConfig = field(default_factory=BackgroundConfig)
+
+    @property
+    def background(self) -> NDArray[np.float32]:
+        """Sky level of every pixel (ADU), float32, shape :attr:`shape` (a new array)."""
+        return self.background_rows(0, self.shape[0])
+
+    @property
+    def rms(self) -> NDArray[np.float32]:
+        """Sky rms of every pixel (ADU), float32, shape :attr:`shape` (a new array)."""
+        return self.rms_rows(0, self.shape[0])
+
+    def background_rows(self, y_start: int, y_stop: int) -> NDArray[np.float32]:
+        """Return the sky level of rows ``y_start:y_stop`` (ADU), float32.
+
+        Parameters
+        ----------
+        y_start, y_stop : int
+            First row and one past the last (pixels, ``0 <= y_start <= y_stop <= ny``).
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(y_stop - y_start, nx)``; the same values as those rows of
+            :attr:`background`.
+        """
+        return _evaluate(
+            self.mesh_background, self.shape, self.mesh_size_px, *self._rows(y_start, y_stop)
+        )
+
+    def rms_rows(self, y_start: int, y_stop: int) -> NDArray[np.float32]:
+        """Return the sky rms of rows ``y_start:y_stop`` (ADU), float32.
+
+        Parameters
+        ----------
+        y_start, y_stop : int
+            First row and one past the last (pixels).
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(y_stop - y_start, nx)``.
+        """
+        return _evaluate(self.mesh_rms, self.shape, self.mesh_size_px, *self._rows(y_start, y_stop))
+
+    @property
+    def source_mask(self) -> NDArray[np.bool_]:
+        """Boolean image of the pixels masked as sources in the last iteration (a new array)."""
+        bits = np.unpackbits(self.source_mask_bits, axis=1, count=self.shape[1])
+        return bits.view(bool)
+
+    def _rows(self, y_start: int, y_stop: int) -> tuple[int, int]:
+        y_start, y_stop = int(y_start), int(y_stop)
+        if not 0 <= y_start <= y_stop <= self.shape[0]:
+            msg = (
+                f"rows {y_start}:{y_stop} are outside the background map of {self.shape[0]} "
+                "rows; pass 0 <= y_start <= y_stop <= ny"
+            )
+            raise ValueError(msg)
+        return y_start, y_stop
 
 
 def _sep_background(
@@ -172,14 +250,18 @@ def estimate_background(exposure: Exposure, config: BackgroundConfig | None = No
     planes = [p for p in config.ignore_planes if p in exposure.mask_planes]
     ignore = ~finite
     if planes:
-        ignore |= (exposure.mask & exposure.mask_planes.bitmask(*planes)) != 0
+        _bits_set(exposure.mask, exposure.mask_planes.bitmask(*planes), into=ignore)
     if ignore.all():
         msg = (
             "the image has no usable pixel for the background (all non-finite or masked "
             f"by {planes}); check the input file"
         )
         raise ValueError(msg)
-    data = np.where(finite, image, np.float32(0.0)).astype(np.float32, copy=False)
+    if image.dtype == np.float32 and image.flags.c_contiguous and finite.all():
+        data = image  # sep only reads it: no copy
+    else:
+        data = np.where(finite, image, np.float32(0.0)).astype(np.float32, copy=False)
+    del finite
     mesh = config.mesh_size_px
     if min(exposure.shape) < mesh:
         mesh = max(4, min(exposure.shape))
@@ -197,23 +279,17 @@ def estimate_background(exposure: Exposure, config: BackgroundConfig | None = No
     try:
         bkg = _sep_background(data, ignore, mesh, filter_size)
         for _ in range(config.n_iterations):
-            with np.errstate(invalid="ignore", divide="ignore"):
-                # A 3x3 sum against 3 x threshold x rms is the 3x3 mean test; the
-                # sums overwrite the residual and the threshold the rms map.
-                residual = data - bkg.back()
-                limit = bkg.rms()
-                limit *= np.float32(3.0 * config.mask_threshold_sigma)
-                above = _box_sum3(residual, out=residual) > limit
-                del residual, limit
+            above = _above_sky(data, bkg, config.mask_threshold_sigma)
             above &= ~ignore
             # Single noise peaks must not be masked: that would bias the sky low.
-            labels, n = ndimage.label(above)
+            labels, n = _label_compact(above)
             if n:
                 # Labelled pixels only: bincount makes an int64 copy of its input.
                 sizes = np.bincount(labels[above], minlength=n + 1)
                 big = sizes >= _MIN_SOURCE_PIXELS
                 big[0] = False
                 above = big[labels]
+            del labels
             if config.mask_grow_px:
                 above = _dilate_disk(above, config.mask_grow_px)
             source_mask = above
@@ -221,18 +297,19 @@ def estimate_background(exposure: Exposure, config: BackgroundConfig | None = No
             if combined.all():
                 break
             bkg = _sep_background(data, combined, mesh, filter_size)
+            del combined
+        mesh_background, mesh_rms = _mesh_pair(bkg, mesh)
     except Exception as err:  # sep raises plain Exceptions on internal failures
         msg = f"sep could not estimate the background ({err}); try a larger mesh_size_px"
         raise ToolkitError(msg) from err
-    background = bkg.back().astype(np.float32, copy=False)
-    rms = bkg.rms().astype(np.float32, copy=False)
     log.debug("background %.3f, rms %.3f", bkg.globalback, bkg.globalrms)
     return Background(
-        background=background,
-        rms=rms,
+        mesh_background=mesh_background,
+        mesh_rms=mesh_rms,
+        shape=(int(exposure.shape[0]), int(exposure.shape[1])),
         global_background=float(bkg.globalback),
         global_rms=float(bkg.globalrms),
-        source_mask=source_mask,
+        source_mask_bits=np.packbits(source_mask, axis=1),
         mesh_size_px=mesh,
         config=config,
     )
@@ -259,18 +336,48 @@ def subtract_background(exposure: Exposure, background: Background) -> Exposure:
     ValueError
         If the background map's shape differs from the exposure's.
     """
-    if background.background.shape != exposure.shape:
+    if background.shape != exposure.shape:
         msg = (
-            f"background has shape {background.background.shape} but the exposure "
+            f"background has shape {background.shape} but the exposure "
             f"{exposure.shape}; estimate it on this exposure"
         )
         raise ValueError(msg)
     meta = dict(exposure.meta)
     meta["BGMEAN"] = round(background.global_background, 4)
-    return exposure.replace(
-        image=exposure.image - background.background,
-        meta=meta,
-    )
+    # Block by block: the full-resolution map is never held.
+    image = np.empty(exposure.shape, dtype=np.result_type(exposure.image, np.float32))
+    for y0 in range(0, exposure.shape[0], _BLOCK_ROWS):
+        y1 = min(y0 + _BLOCK_ROWS, exposure.shape[0])
+        np.subtract(exposure.image[y0:y1], background.background_rows(y0, y1), out=image[y0:y1])
+    return exposure.replace(image=image, meta=meta)
+
+
+def _mesh_pair(bkg: sep.Background, mesh: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Return the sky and rms meshes of a sep background (each map made, read, dropped)."""
+    return _mesh_from_map(bkg.back(), mesh), _mesh_from_map(bkg.rms(), mesh)
+
+
+def _above_sky(
+    data: NDArray[np.float32], bkg: sep.Background, threshold_sigma: float
+) -> NDArray[np.bool_]:
+    """Pixels whose 3x3 mean residual above the sky exceeds ``threshold_sigma`` times the rms.
+
+    A 3x3 sum against 3 x threshold x rms is the 3x3 mean test. Block by block
+    (with one row of margin each side): no full-size residual or sum images.
+    """
+    ny = data.shape[0]
+    sky = bkg.back()
+    rms = bkg.rms()
+    out = np.empty(data.shape, dtype=bool)
+    factor = np.float32(3.0 * threshold_sigma)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for y0 in range(0, ny, _BLOCK_ROWS):
+            y1 = min(y0 + _BLOCK_ROWS, ny)
+            lo, hi = max(y0 - 1, 0), min(y1 + 1, ny)
+            residual = data[lo:hi] - sky[lo:hi]
+            summed = _box_sum3(residual, out=residual)[y0 - lo : y0 - lo + y1 - y0]
+            out[y0:y1] = summed > rms[y0:y1] * factor
+    return out
 
 
 def _box_sum3(

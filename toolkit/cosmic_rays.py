@@ -31,7 +31,9 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from ._footprint_spans import _label_compact
 from .exposure import Exposure
+from .mask import _bits_set
 
 __all__ = ["CosmicRayConfig", "CosmicRays", "find_cosmic_rays"]
 
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 
 _METHODS = ("sharpness", "lacosmic")
 _SAT_MARGIN_PX = 3
+# Rows per block of the candidate search.
+_BLOCK_ROWS = 256
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,8 +122,11 @@ class CosmicRays:
 
     Attributes
     ----------
-    mask : numpy.ndarray
-        Boolean image of the pixels flagged as cosmic rays (after growing).
+    pixels : numpy.ndarray
+        int32 array of shape ``(n_pixels, 2)``: ``(y, x)`` of every pixel flagged
+        as a cosmic ray (after growing), in row-major order.
+    shape : tuple of int
+        ``(ny, nx)`` of the exposure (pixels).
     n_pixels : int
         Number of flagged pixels.
     n_hits : int
@@ -131,11 +138,19 @@ class CosmicRays:
         The settings that made it.
     """
 
-    mask: NDArray[np.bool_]
+    pixels: NDArray[np.int32]
+    shape: tuple[int, int]
     n_pixels: int
     n_hits: int
     exposure: Exposure
     config: CosmicRayConfig = field(default_factory=CosmicRayConfig)
+
+    @property
+    def mask(self) -> NDArray[np.bool_]:
+        """Boolean image of the flagged pixels (drawn from :attr:`pixels`; a new array)."""
+        out = np.zeros(self.shape, dtype=bool)
+        out[self.pixels[:, 0], self.pixels[:, 1]] = True
+        return out
 
 
 def find_cosmic_rays(
@@ -188,7 +203,7 @@ def find_cosmic_rays(
     planes = [p for p in config.ignore_planes if p in exposure.mask_planes]
     ignore = ~np.isfinite(exposure.image) | ~np.isfinite(exposure.variance)
     if planes:
-        ignore |= (exposure.mask & exposure.mask_planes.bitmask(*planes)) != 0
+        _bits_set(exposure.mask, exposure.mask_planes.bitmask(*planes), into=ignore)
     psf = exposure.psf if psf is None else psf
     if config.method == "sharpness":
         axis, diagonal = _psf_ratios(psf, exposure.shape, psf_fwhm_px)
@@ -202,7 +217,7 @@ def find_cosmic_rays(
             crmask, structure=np.ones((3, 3), bool), iterations=config.grow_px
         )
     crmask &= ~ignore
-    _, n_hits = ndimage.label(crmask, structure=np.ones((3, 3), bool))
+    _, n_hits = _label_compact(crmask, np.ones((3, 3), bool))
     mask = exposure.mask.copy()
     mask[crmask] |= np.int32(exposure.mask_planes.bitmask("CR"))
     image = exposure.image
@@ -210,9 +225,11 @@ def find_cosmic_rays(
         image = _interpolate(image, crmask | ignore, crmask)
         mask[crmask] |= np.int32(exposure.mask_planes.bitmask("INTRP"))
     log.info("found %d cosmic-ray hits (%d pixels)", n_hits, int(crmask.sum()))
+    ys, xs = np.nonzero(crmask)
     return CosmicRays(
-        mask=crmask,
-        n_pixels=int(crmask.sum()),
+        pixels=np.column_stack([ys, xs]).astype(np.int32),
+        shape=(int(exposure.shape[0]), int(exposure.shape[1])),
+        n_pixels=len(ys),
         n_hits=int(n_hits),
         exposure=exposure.replace(image=image, mask=mask),
         config=config,
@@ -282,30 +299,47 @@ def _sharp_pixels(
     ratios: tuple[float, float],
     config: CosmicRayConfig,
 ) -> NDArray[np.bool_]:
-    image = np.where(ignore, np.float32(0.0), exposure.image).astype(np.float32, copy=False)
-    sigma = np.sqrt(np.where(ignore | ~(exposure.variance > 0), np.inf, exposure.variance))
-    sigma = sigma.astype(np.float32, copy=False)
-    candidate = image > config.min_sigma * sigma
+    shape = exposure.shape
+
+    def pixels(
+        rows: NDArray[np.intp] | slice, cols: NDArray[np.intp] | slice
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        # Ignored pixels count as 0 with infinite noise (as do those without variance).
+        skip = ignore[rows, cols]
+        var = exposure.variance[rows, cols]
+        image = np.where(skip, np.float32(0.0), exposure.image[rows, cols])
+        sigma = np.sqrt(np.where(skip | ~(var > 0), np.inf, var))
+        return image.astype(np.float32, copy=False), sigma.astype(np.float32, copy=False)
+
+    # Candidates block by block of rows, neighbours only at the candidates: no
+    # full-size cleaned image or noise map.
+    candidate = np.empty(shape, dtype=bool)
+    for y0 in range(0, shape[0], _BLOCK_ROWS):
+        block = slice(y0, y0 + _BLOCK_ROWS)
+        image, sigma = pixels(block, slice(None))
+        candidate[block] = image > config.min_sigma * sigma
     # Edges of saturated cores and bleed trails are sharp but not cosmic rays.
     if "SAT" in exposure.mask_planes:
         saturated = exposure.plane("SAT")
         if saturated.any():
             candidate &= ~_dilate_near(saturated, _SAT_MARGIN_PX)
+        del saturated
     candidate[0, :] = candidate[-1, :] = candidate[:, 0] = candidate[:, -1] = False
     ys, xs = np.nonzero(candidate)
     if len(ys) == 0:
         return candidate
-    i0 = image[ys, xs]
-    lowered = i0 - config.peak_sigma * sigma[ys, xs]
+    del candidate
+    i0, s0 = pixels(ys, xs)
+    lowered = i0 - config.peak_sigma * s0
     hit = np.zeros(len(ys), dtype=bool)
     for (dy, dx), ratio in (((0, 1), ratios[0]), ((1, 0), ratios[0]), ((1, 1), ratios[1]),
                             ((1, -1), ratios[1])):  # fmt: skip
-        i1, i2 = image[ys + dy, xs + dx], image[ys - dy, xs - dx]
-        s1, s2 = sigma[ys + dy, xs + dx], sigma[ys - dy, xs - dx]
+        i1, s1 = pixels(ys + dy, xs + dx)
+        i2, s2 = pixels(ys - dy, xs - dx)
         # Masked neighbours (infinite noise) never make a pixel look sharp.
         noise = 0.5 * np.sqrt(s1 * s1 + s2 * s2)
         hit |= lowered * ratio > 0.5 * (i1 + i2) + config.sharpness_sigma * noise
-    out = np.zeros(exposure.shape, dtype=bool)
+    out = np.zeros(shape, dtype=bool)
     out[ys[hit], xs[hit]] = True
     return out
 

@@ -181,14 +181,13 @@ def deblend_sources(
     [0, 1, 1]
     """
     config = DeblendConfig() if config is None else config
-    if detections.labels.shape != exposure.shape:
+    if detections.exposure.shape != exposure.shape:
         msg = (
-            f"detections were made on an image of shape {detections.labels.shape}, "
+            f"detections were made on an image of shape {detections.exposure.shape}, "
             f"the exposure has {exposure.shape}; deblend the exposure they came from"
         )
         raise ValueError(msg)
     image = exposure.image  # non-finite pixels become 0 footprint by footprint, not in a copy
-    labels = detections.labels
     peaks = detections.peaks
     by_footprint = np.searchsorted(peaks["footprint"], np.arange(1, len(detections) + 2))
     rows: list[tuple[int, int, int, int, int, int, float, bool, float]] = []
@@ -204,7 +203,7 @@ def deblend_sources(
     peak_x, peak_y = np.asarray(peaks["x"]), np.asarray(peaks["y"])
     peak_significance = np.asarray(peaks["significance"])
     for row, (fid, y0, y1, x0, x1) in enumerate(boxes):
-        inside = labels[y0 : y1 + 1, x0 : x1 + 1] == fid
+        inside = detections.footprint_mask(fid, box=(y0, y1, x0, x1))
         stamp = np.where(inside, np.nan_to_num(image[y0 : y1 + 1, x0 : x1 + 1]), 0.0)
         lo, hi = by_footprint[fid - 1], by_footprint[fid]
         px = peak_x[lo:hi] - x0

@@ -13,10 +13,15 @@ Peaks are local maxima of ``S`` inside each footprint; a fainter peak survives
 only if ``S`` dips by ``min_peak_dip_sigma`` on the straight line to its nearest
 brighter peak. Footprints are then grown isotropically by ``grow_psf_sigma``
 PSF sigmas (grown footprints that touch merge).
+
+Footprints are kept as pixel spans (runs of pixels along x in one row), not as a
+label image: a few bytes per footprint row instead of four bytes per image pixel.
+:attr:`Detections.labels` draws the label image from them when asked.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 
@@ -25,14 +30,15 @@ from astropy.table import Table
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from ._footprint_spans import _SPANS_PER_CHUNK, _grow, _label_compact, _label_spans, _span_pixels
 from ._matched_filter import _BLOCK_ROWS, _kernel, _matched_filter, _smoothed_at
+from ._peaks import _dips, _local_maxima, _saturated_stars, _star_under
 from .exposure import Exposure
+from .mask import _bits_set
 
 __all__ = ["DetectionConfig", "Detections", "detect_sources"]
 
 log = logging.getLogger(__name__)
-
-_FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 _POLARITIES = ("positive", "both")
 
@@ -114,8 +120,11 @@ class Detections:
 
     Attributes
     ----------
-    labels : numpy.ndarray
-        int32 image: 0 outside footprints, ``k`` inside footprint ``id == k``.
+    footprint_spans : numpy.ndarray
+        int32 array of shape ``(n_spans, 4)``, one row per run of footprint pixels
+        along x: ``(footprint id, y, x_start, x_stop)`` (pixels; ``x_stop``
+        exclusive), sorted by footprint, then y, then x. Footprint ``k`` is the
+        union of ``image[y, x_start:x_stop]`` over its rows.
     footprints : astropy.table.Table
         One row per footprint: ``id``, ``n_pixels``, bounding box ``x_min, x_max,
         y_min, y_max`` (inclusive, pixels), ``n_peaks``, ``flux`` (sum of the
@@ -124,23 +133,25 @@ class Detections:
         One row per peak, brightest first within each footprint: ``footprint``,
         ``x``, ``y`` (integer pixel), ``significance`` (noise units), ``value``
         (smoothed image, ADU).
-    significance : numpy.ndarray
-        The significance image ``S`` (float32, noise units).
+    significance : numpy.ndarray or None
+        The significance image ``S`` (float32, noise units), kept only with
+        ``detect_sources(..., keep_significance=True)``; None otherwise.
     kernel : numpy.ndarray
         Smoothing kernel used (unit sum).
     kernel_sigma_px : float
         Gaussian-equivalent sigma of the kernel (pixels).
     exposure : Exposure
-        The input exposure (pixels shared) with a new mask in which DETECTED
-        (and DETECTED_NEGATIVE) are set on the grown footprints.
+        The input exposure (pixels shared) with DETECTED (and DETECTED_NEGATIVE)
+        set on the grown footprints: in a new mask, or in the input's own mask
+        with ``mask_in_place=True``.
     config : DetectionConfig
         The settings that made it.
     """
 
-    labels: NDArray[np.int32]
+    footprint_spans: NDArray[np.int32]
     footprints: Table
     peaks: Table
-    significance: NDArray[np.float32]
+    significance: NDArray[np.float32] | None
     kernel: NDArray[np.float64]
     kernel_sigma_px: float
     exposure: Exposure
@@ -149,23 +160,80 @@ class Detections:
     def __len__(self) -> int:
         return len(self.footprints)
 
+    @property
+    def labels(self) -> NDArray[np.int32]:
+        """int32 label image: 0 outside footprints, ``k`` inside footprint ``id == k``.
+
+        Drawn from :attr:`footprint_spans` on every access (a new array of 4 bytes
+        per pixel): keep it while you need it.
+        """
+        out = np.zeros(self.exposure.shape, dtype=np.int32)
+        spans = self.footprint_spans
+        for start in range(0, len(spans), _SPANS_PER_CHUNK):
+            chunk = spans[start : start + _SPANS_PER_CHUNK]
+            ys, xs, which = _span_pixels(chunk)
+            out[ys, xs] = chunk[which, 0]
+        return out
+
     def spans(self, footprint_id: int) -> NDArray[np.int64]:
         """Return the pixel spans of one footprint as rows ``(y, x_start, x_stop)``.
 
         ``x_stop`` is exclusive, so the footprint is the union of
         ``image[y, x_start:x_stop]`` over the rows.
         """
-        row = self.footprints[int(footprint_id) - 1]
-        y0, y1, x0, x1 = (int(row[k]) for k in ("y_min", "y_max", "x_min", "x_max"))
-        inside = self.labels[y0 : y1 + 1, x0 : x1 + 1] == int(footprint_id)
-        padded = np.pad(inside.astype(np.int8), ((0, 0), (1, 1)))
-        change = np.diff(padded, axis=1)
-        ys, starts = np.nonzero(change == 1)
-        _, stops = np.nonzero(change == -1)
-        return np.column_stack([ys + y0, starts + x0, stops + x0]).astype(np.int64)
+        return self._spans_of(footprint_id)[:, 1:].astype(np.int64)
+
+    def footprint_mask(
+        self, footprint_id: int, *, box: tuple[int, int, int, int] | None = None
+    ) -> NDArray[np.bool_]:
+        """Return the pixels of one footprint on its bounding box.
+
+        Parameters
+        ----------
+        footprint_id : int
+            The footprint's ``id``.
+        box : tuple of int, optional
+            Its ``(y_min, y_max, x_min, x_max)`` (pixels, inclusive) when the
+            caller has it already; read from :attr:`footprints` otherwise.
+
+        Returns
+        -------
+        numpy.ndarray
+            Boolean array of shape ``(y_max - y_min + 1, x_max - x_min + 1)``; its
+            first pixel is ``(x_min, y_min)`` of the footprint's row of
+            :attr:`footprints`.
+        """
+        if box is None:
+            row = self.footprints[int(footprint_id) - 1]
+            box = (int(row["y_min"]), int(row["y_max"]), int(row["x_min"]), int(row["x_max"]))
+        y0, y1, x0, x1 = box
+        out = np.zeros((y1 - y0 + 1, x1 - x0 + 1), dtype=bool)
+        ys, xs, _ = _span_pixels(self._spans_of(footprint_id))
+        out[ys - y0, xs - x0] = True
+        return out
+
+    def _spans_of(self, footprint_id: int) -> NDArray[np.int32]:
+        first = self._first_span
+        k = int(footprint_id)
+        if not 1 <= k < len(first):
+            msg = f"footprint_id must be between 1 and {len(first) - 1}, got {footprint_id!r}"
+            raise ValueError(msg)
+        return self.footprint_spans[first[k - 1] : first[k]]
+
+    @functools.cached_property
+    def _first_span(self) -> NDArray[np.intp]:
+        """Index of the first span of footprints 1, 2, ..., and one past the last."""
+        ids = np.ascontiguousarray(self.footprint_spans[:, 0])
+        return np.searchsorted(ids, np.arange(1, len(self.footprints) + 2))
 
 
-def detect_sources(exposure: Exposure, config: DetectionConfig | None = None) -> Detections:
+def detect_sources(
+    exposure: Exposure,
+    config: DetectionConfig | None = None,
+    *,
+    mask_in_place: bool = False,
+    keep_significance: bool = False,
+) -> Detections:
     """Detect sources on a background-subtracted exposure.
 
     Parameters
@@ -175,12 +243,20 @@ def detect_sources(exposure: Exposure, config: DetectionConfig | None = None) ->
         present, is the smoothing kernel.
     config : DetectionConfig, optional
         Settings; defaults when omitted.
+    mask_in_place : bool
+        Set DETECTED (and DETECTED_NEGATIVE) in ``exposure.mask`` itself instead
+        of in a copy: saves an int32 image, for callers that own the mask (as
+        :func:`~stacklab.toolkit.process_frame` does); every exposure sharing that
+        mask sees the new planes.
+    keep_significance : bool
+        Keep the significance image in the result (a float32 image); by default
+        it is dropped once the footprints are found.
 
     Returns
     -------
     Detections
-        Footprints, peaks, the significance image and an exposure with the
-        DETECTED plane set.
+        Footprints (as pixel spans), peaks and an exposure with the DETECTED
+        plane set.
 
     Raises
     ------
@@ -200,35 +276,41 @@ def detect_sources(exposure: Exposure, config: DetectionConfig | None = None) ->
         msg = f"exposure must be an Exposure, got {type(exposure).__name__}"
         raise TypeError(msg)
     kernel, sigma_px = _kernel(exposure, config)
+    # Saturated stars first, while no other full-size image is held.
+    saturated = _saturated_stars(exposure, sigma_px)
     image = exposure.image
     variance = exposure.variance
     planes = [p for p in config.no_seed_planes if p in exposure.mask_planes]
-    masked = (exposure.mask & exposure.mask_planes.bitmask(*planes)) != 0 if planes else None
-    bad = ~np.isfinite(image) | ~np.isfinite(variance) | (variance <= 0)
+    bad = np.isfinite(image)
+    bad &= np.isfinite(variance)
+    bad &= variance > 0
+    np.logical_not(bad, out=bad)
     # Saturated pixels carry real (clipped) signal for smoothing, but never seed.
     no_signal = bad.copy()
-    if masked is not None and "BAD" in planes:
-        no_signal |= exposure.plane("BAD")
-    if masked is not None and "NO_DATA" in planes:
-        no_signal |= exposure.plane("NO_DATA")
-    data = np.where(no_signal, np.float32(0.0), image).astype(np.float32, copy=False)
+    for plane in ("BAD", "NO_DATA"):
+        if plane in planes:
+            no_signal |= exposure.plane(plane)
+    fill_var = None
     if bad.any():
         good_var = variance[~bad]
-        fill_var = float(np.median(good_var, overwrite_input=True)) if good_var.size else 1.0
+        fill = float(np.median(good_var, overwrite_input=True)) if good_var.size else 1.0
         del good_var
-        var = np.where(bad, np.float32(fill_var), variance).astype(np.float32, copy=False)
-    else:  # nothing to fill: skip the median of the whole variance plane
-        var = np.asarray(variance, dtype=np.float32)
-    significance = _matched_filter(data, var, kernel)
+        fill_var = (bad, float(np.float32(fill)))
+    # Bad pixels are zeroed (data) and filled (variance) strip by strip: no copies.
+    significance = _matched_filter(image, variance, kernel, zero_data=no_signal, fill_var=fill_var)
     significance[no_signal] = 0.0
-    peak_map = _peak_map(data, var, significance, sigma_px, config)
-    del data, var  # full-size copies: gone before the footprints' own images are made
+    peak_map = _peak_map(image, variance, no_signal, fill_var, significance, sigma_px, config)
+    del bad, fill_var
 
-    seedless = no_signal if masked is None else (no_signal | masked)
-    positive = _threshold(significance, seedless, config)
-    saturated = exposure.plane("SAT") if "SAT" in exposure.mask_planes else None
-    labels, footprints, peaks = _footprints(
-        positive,
+    seed_bits = exposure.mask_planes.bitmask(*planes) if planes else 0
+    negative = None
+    if config.polarity == "both":
+        np.negative(significance, out=significance)
+        negative = _threshold(significance, no_signal, exposure.mask, seed_bits, config)
+        np.negative(significance, out=significance)
+    # The thresholded image goes straight in, so that _footprints can free it.
+    spans, footprints, peaks = _footprints(
+        _threshold(significance, no_signal, exposure.mask, seed_bits, config),
         peak_map,
         significance,
         image,
@@ -238,11 +320,14 @@ def detect_sources(exposure: Exposure, config: DetectionConfig | None = None) ->
         sigma_px,
         saturated,
     )
-    mask = exposure.mask.copy()
+    del peak_map, saturated
+    mask = exposure.mask if mask_in_place else exposure.mask.copy()
     planes_map = exposure.mask_planes
-    mask[labels > 0] |= np.int32(planes_map.bitmask("DETECTED"))
-    if config.polarity == "both":
-        negative = _threshold(-significance, seedless, config)
+    detected = np.int32(planes_map.bitmask("DETECTED"))
+    for start in range(0, len(spans), _SPANS_PER_CHUNK):
+        ys, xs, _ = _span_pixels(spans[start : start + _SPANS_PER_CHUNK])
+        mask[ys, xs] |= detected
+    if negative is not None:
         grown = _grow(negative, config.grow_psf_sigma * sigma_px)
         mask[grown] |= np.int32(planes_map.bitmask("DETECTED_NEGATIVE"))
     log.info(
@@ -250,75 +335,53 @@ def detect_sources(exposure: Exposure, config: DetectionConfig | None = None) ->
         config.threshold_sigma,
     )  # fmt: skip
     return Detections(
-        labels=labels,
+        footprint_spans=spans,
         footprints=footprints,
         peaks=peaks,
-        significance=significance,
+        significance=significance if keep_significance else None,
         kernel=kernel,
         kernel_sigma_px=sigma_px,
-        exposure=exposure.replace(mask=mask),
+        exposure=exposure if mask_in_place else exposure.replace(mask=mask),
         config=config,
     )
 
 
 def _threshold(
-    significance: NDArray[np.float32], seedless: NDArray[np.bool_], config: DetectionConfig
+    significance: NDArray[np.float32],
+    no_signal: NDArray[np.bool_],
+    mask: NDArray[np.integer],
+    seed_bits: int,
+    config: DetectionConfig,
 ) -> NDArray[np.bool_]:
-    """Pixels of the above-threshold regions that are big enough and have a seed pixel."""
+    """Pixels of the above-threshold regions that are big enough and have a seed pixel.
+
+    A seed is a pixel with signal whose mask has none of ``seed_bits``.
+    """
     above = significance >= config.threshold_sigma
-    labels, n = ndimage.label(above, structure=np.ones((3, 3), dtype=bool))
+    labels, n = _label_compact(above, np.ones((3, 3), dtype=bool))
     if n == 0:
         return above
-    # bincount works on an int64 copy of its input: give it the labelled pixels only.
-    sizes = np.bincount(labels[above], minlength=n + 1)
-    seeds = np.bincount(labels[above & ~seedless], minlength=n + 1)
+    # By blocks of rows: bincount works on an int64 copy of its input.
+    sizes = np.zeros(n + 1, dtype=np.int64)
+    seeds = np.zeros(n + 1, dtype=np.int64)
+    for y0 in range(0, above.shape[0], _BLOCK_ROWS):
+        rows = slice(y0, y0 + _BLOCK_ROWS)
+        block, block_above = labels[rows], above[rows]
+        sizes += np.bincount(block[block_above], minlength=n + 1)
+        seeded = _bits_set(mask[rows], seed_bits, into=no_signal[rows].copy())
+        np.logical_not(seeded, out=seeded)
+        seeded &= block_above
+        seeds += np.bincount(block[seeded], minlength=n + 1)
     keep = (sizes >= config.min_pixels) & (seeds > 0)
     keep[0] = False
     return np.asarray(keep[labels])
 
 
-def _grow(mask: NDArray[np.bool_], radius: float) -> NDArray[np.bool_]:
-    """Dilate ``mask`` by an octagon of the given radius (pixels), close to a disk.
-
-    Alternating 3x3 cross and square dilations grow an octagon one pixel per
-    step; this costs a few passes over the image instead of one large structuring
-    element.
-    """
-    if radius <= 0 or not mask.any():
-        return mask
-    steps = round(radius)
-    # A disk of radius r holds the octagon that has ~0.41 r diagonal (square) steps.
-    n_square = round(steps * (np.sqrt(2.0) - 1.0))
-    out = mask.copy()
-    for i in range(steps):
-        _dilate_once(out, square=i < n_square)
-    return out
-
-
-def _dilate_once(mask: NDArray[np.bool_], *, square: bool) -> None:
-    """Dilate ``mask`` in place by the 3x3 square or cross (outside the image is False).
-
-    Shifted ORs of whole rows and columns: several times faster than
-    ``ndimage.binary_dilation``, whose column pass strides through memory.
-    """
-    if square:  # the square is separable: rows, then columns of the result
-        vertical = mask.copy()
-        vertical[1:] |= mask[:-1]
-        vertical[:-1] |= mask[1:]
-        mask[:, 1:] |= vertical[:, :-1]
-        mask[:, :-1] |= vertical[:, 1:]
-        mask |= vertical
-        return
-    original = mask.copy()
-    mask[1:] |= original[:-1]
-    mask[:-1] |= original[1:]
-    mask[:, 1:] |= original[:, :-1]
-    mask[:, :-1] |= original[:, 1:]
-
-
 def _peak_map(
     data: NDArray[np.float32],
     var: NDArray[np.float32],
+    no_signal: NDArray[np.bool_],
+    fill_var: tuple[NDArray[np.bool_], float] | None,
     significance: NDArray[np.float32],
     sigma_px: float,
     config: DetectionConfig,
@@ -336,7 +399,7 @@ def _peak_map(
     yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
     kernel = np.exp(-0.5 * (xx * xx + yy * yy) / sigma**2)
     kernel = (kernel / kernel.sum()).astype(np.float32)
-    return _matched_filter(data, var, kernel)
+    return _matched_filter(data, var, kernel, zero_data=no_signal, fill_var=fill_var)
 
 
 def _footprints(
@@ -348,35 +411,22 @@ def _footprints(
     kernel: NDArray[np.floating],
     config: DetectionConfig,
     sigma_px: float,
-    saturated: NDArray[np.bool_] | None = None,
+    saturated: tuple[NDArray[np.int32], NDArray[np.int64]],
 ) -> tuple[NDArray[np.int32], Table, Table]:
-    grown = _grow(above, config.grow_psf_sigma * sigma_px)
-    labels, n = ndimage.label(grown, structure=np.ones((3, 3), dtype=bool))
-    labels = labels.astype(np.int32, copy=False)
     # Peaks: local maxima of the significance within the above-threshold pixels.
     py, px = _local_maxima(significance, above)
     order = np.argsort(-significance[py, px], kind="stable")
     py, px = py[order], px[order]
+    # Saturated stars first, so that their label image is gone before the footprints'.
+    sat_of_peak = _star_under(saturated[0], py, px)
+    sat_centres = saturated[1]
+    grown = _grow(above, config.grow_psf_sigma * sigma_px)
+    del above  # the caller passed its only reference
+    labels, n = _label_compact(grown, np.ones((3, 3), dtype=bool))
+    del grown
     owner = labels[py, px]
     keep_peak = np.zeros(len(py), dtype=bool)
     kept_by_fp: dict[int, list[int]] = {}
-    # A saturated star (core and bleed trail, plus a margin of two PSF FWHM) is
-    # flat on top: it gets one peak, at the middle of its saturated pixels.
-    sat_of_peak = np.zeros(len(py), dtype=np.int32)
-    sat_centres: dict[int, tuple[int, int]] = {}
-    if saturated is not None and saturated.any():
-        sat_grown = _grow(saturated, 2.0 * _FWHM_PER_SIGMA * sigma_px)
-        sat_labels, _ = ndimage.label(sat_grown, structure=np.ones((3, 3), dtype=bool))
-        sat_of_peak = sat_labels[py, px]
-        for k, sl in enumerate(ndimage.find_objects(sat_labels), start=1):
-            if sl is None:
-                continue
-            core = saturated[sl] & (sat_labels[sl] == k)
-            ys, xs = np.nonzero(core)
-            sat_centres[k] = (
-                round((ys.min() + ys.max()) / 2) + sl[0].start,
-                round((xs.min() + xs.max()) / 2) + sl[1].start,
-            )
     candidate = np.ones(len(py), dtype=bool)
     on_sat = np.flatnonzero(sat_of_peak)
     if len(on_sat):
@@ -431,31 +481,11 @@ def _footprints(
     )
     footprints["flux"].unit = "adu"
     peaks["value"].unit = "adu"
-    return labels, footprints, peaks
-
-
-def _local_maxima(
-    image: NDArray[np.float32], where: NDArray[np.bool_]
-) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
-    """Pixels of ``where`` not below any of their 8 neighbours (edges repeat outward).
-
-    The same as comparing with a 3x3 maximum filter in ``"nearest"`` mode, but only
-    at the pixels asked about, not over the whole image.
-    """
-    ys, xs = np.nonzero(where)
-    ny, nx = image.shape
-    value = image[ys, xs]
-    keep = np.ones(len(ys), dtype=bool)
-    for dy in (-1, 0, 1):
-        yn = np.clip(ys + dy, 0, ny - 1)
-        for dx in (-1, 0, 1):
-            if dy or dx:
-                keep &= value >= image[yn, np.clip(xs + dx, 0, nx - 1)]
-    return ys[keep], xs[keep]
+    return _label_spans(labels), footprints, peaks
 
 
 def _footprint_sums(
-    labels: NDArray[np.int32], image: NDArray[np.float32], n: int
+    labels: NDArray[np.integer], image: NDArray[np.float32], n: int
 ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
     """Pixel count and sum of ``image`` (non-finite as 0) of labels ``1..n``.
 
@@ -471,21 +501,3 @@ def _footprint_sums(
         values = np.nan_to_num(image[y0 : y0 + _BLOCK_ROWS][inside]).astype(np.float64)
         total += np.bincount(own, weights=values, minlength=n + 1)
     return count[1:], total[1:]
-
-
-def _dips(
-    significance: NDArray[np.float32],
-    py: NDArray[np.intp],
-    px: NDArray[np.intp],
-    i: int,
-    kept: list[int],
-    min_dip: float,
-) -> bool:
-    ky, kx = py[kept], px[kept]
-    nearest = kept[int(np.argmin((ky - py[i]) ** 2 + (kx - px[i]) ** 2))]
-    y0, x0, y1, x1 = py[i], px[i], py[nearest], px[nearest]
-    n = int(max(abs(y1 - y0), abs(x1 - x0))) + 1
-    ys = np.rint(np.linspace(y0, y1, n)).astype(np.intp)
-    xs = np.rint(np.linspace(x0, x1, n)).astype(np.intp)
-    saddle = float(significance[ys, xs].min())
-    return float(significance[y0, x0]) - saddle >= min_dip

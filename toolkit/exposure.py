@@ -20,7 +20,7 @@ from astropy.nddata import CCDData, InverseVariance, StdDevUncertainty, Variance
 from astropy.wcs import WCS
 from numpy.typing import ArrayLike, NDArray
 
-from .mask import MaskPlanes
+from .mask import MaskPlanes, _bits_set
 
 __all__ = ["Exposure", "Psf", "ShiftedPsf"]
 
@@ -269,7 +269,7 @@ class Exposure:
     # ---- mask planes -------------------------------------------------------------
     def plane(self, name: str) -> NDArray[np.bool_]:
         """Return a boolean image of the pixels that have plane ``name`` set."""
-        return (self.mask & self.mask_planes.bitmask(name)) != 0
+        return _bits_set(self.mask, self.mask_planes.bitmask(name))
 
     def set_plane(self, name: str, where: ArrayLike) -> None:
         """Set plane ``name`` on the pixels where ``where`` is true (in place)."""

@@ -165,3 +165,26 @@ class MaskPlanes(Mapping[str, int]):
         for name in others:
             planes = planes.with_plane(name)
         return planes
+
+
+# Rows per block of :func:`_bits_set`: a block's int32 temporary stays small.
+_BITS_BLOCK_ROWS = 256
+
+
+def _bits_set(
+    mask: NDArray[np.integer], bits: int, *, into: NDArray[np.bool_] | None = None
+) -> NDArray[np.bool_]:
+    """Return ``(mask & bits) != 0``, OR'ed into ``into`` when given (and returned).
+
+    Block by block of rows: ``mask & bits`` would make an int32 copy of the mask.
+    """
+    out = np.zeros(mask.shape, dtype=bool) if into is None else into
+    if bits == 0 or mask.ndim == 0:
+        if mask.ndim == 0:
+            out |= (mask & bits) != 0
+        return out
+    bits_typed = mask.dtype.type(bits)
+    for y0 in range(0, mask.shape[0], _BITS_BLOCK_ROWS):
+        block = slice(y0, y0 + _BITS_BLOCK_ROWS)
+        out[block] |= (mask[block] & bits_typed) != 0
+    return out

@@ -46,6 +46,7 @@ from ._stamps import cutout, good_size
 from .deblend import Deblended
 from .exposure import Exposure
 from .flags import SourceFlag
+from .mask import _bits_set
 
 __all__ = ["MeasurementConfig", "Measurements", "measure_sources"]
 
@@ -193,7 +194,7 @@ def measure_sources(
     # Pixels left out of every sum and fit, as one boolean image (one cut-out per source).
     unusable = ~np.isfinite(exposure.image) | ~(variance > 0) | ~np.isfinite(variance)
     if bad_bits:
-        unusable |= (exposure.mask & bad_bits) != 0
+        _bits_set(exposure.mask, bad_bits, into=unusable)
     planes_map = exposure.mask_planes
     bits = {
         name: planes_map.bitmask(name) if name in planes_map else 0

@@ -33,6 +33,7 @@ from .detection import DetectionConfig, Detections, detect_sources
 from .exposure import Exposure
 from .flags import SourceFlag
 from .io import atomic_path, read_exposure, write_exposure
+from .mask import _bits_set
 from .measurement import MeasurementConfig, extendedness, measure_sources
 from .psf import PsfConfig, PsfFit, PsfModel, fit_psf
 
@@ -122,16 +123,19 @@ class FrameResult:
     psf_fit : PsfFit or None
         PSF stars and validation (None with ``use_input_psf``).
     background : Background
-        The subtracted sky.
+        The subtracted sky, kept as its mesh: ``background.background`` and
+        ``background.rms`` make the full-resolution maps when asked for.
     exposure : Exposure
         The calibrated exposure: background subtracted, cosmic rays repaired,
         mask planes set (DETECTED, CR, INTRP), PSF attached.
     detections : Detections
-        Footprints and peaks of the final detection.
+        Footprints (as pixel spans) and peaks of the final detection; its
+        exposure is ``exposure`` without the PSF (same arrays).
     deblended : Deblended
         Parents and children.
     cosmic_rays : CosmicRays or None
-        Cosmic-ray result (None when switched off).
+        Cosmic-ray result (None when switched off). Its exposure shares its
+        arrays with ``exposure``, so its mask shows the DETECTED plane too.
     aperture_corrections : dict of str to float
         Factor applied to each of ``flux_psf``, ``flux_model`` and ``flux_exp``
         (1.0 when none).
@@ -215,6 +219,7 @@ def process_frame(exposure: Exposure, config: ProcessFrameConfig | None = None) 
         timings[name] = now - clock
         clock = now
 
+    input_mask = exposure.mask
     if not finite.all():
         # Only the mask changes: the caller's pixels are shared, not copied.
         exposure = exposure.replace(mask=exposure.mask.copy())
@@ -235,14 +240,21 @@ def process_frame(exposure: Exposure, config: ProcessFrameConfig | None = None) 
     crs = None
     if config.do_cosmic_rays:
         # The sharpness test needs the real PSF, so cosmic rays come after it.
+        # Only L.A.Cosmic reads the sky level: the full-size map is made for it alone.
+        sky = background.background if config.cosmic_rays.method == "lacosmic" else 0.0
         crs = find_cosmic_rays(
-            calexp, config.cosmic_rays, background=background.background, psf=psf,
+            calexp, config.cosmic_rays, background=sky, psf=psf,
             psf_fwhm_px=config.initial_fwhm_px,
         )  # fmt: skip
+        del sky
         calexp = crs.exposure
     lap("cosmic_rays")
     calexp = calexp.replace(psf=psf)
-    detections = detect_sources(calexp, config.detection)
+    # The mask is process_frame's own by now (cosmic rays made a new one, or the
+    # NaN check did): DETECTED goes into it instead of into one more copy.
+    detections = detect_sources(
+        calexp, config.detection, mask_in_place=calexp.mask is not input_mask
+    )
     calexp = detections.exposure
     deblended = deblend_sources(calexp, detections, config.deblend)
     lap("detection")
@@ -291,7 +303,9 @@ def _first_pass_psf(
     first = detect_sources(calexp.replace(psf=guess), config.detection)
     first_blends = deblend_sources(calexp, first, config.deblend)
     lap("detection_initial")
-    return fit_psf(calexp, first_blends, config.psf, labels=first.labels)
+    labels = first.labels
+    del first  # its mask (with this pass's DETECTED plane) is not needed
+    return fit_psf(calexp, first_blends, config.psf, labels=labels)
 
 
 def _gaussian_psf(fwhm_px: float) -> PsfModel:
@@ -345,7 +359,7 @@ def _local_aperture_flux(
     bad_planes = [p for p in ("BAD", "SAT", "NO_DATA", "CR") if p in calexp.mask_planes]
     bad = ~np.isfinite(image)
     if bad_planes:
-        bad |= (calexp.mask & calexp.mask_planes.bitmask(*bad_planes)) != 0
+        _bits_set(calexp.mask, calexp.mask_planes.bitmask(*bad_planes), into=bad)
     ny, nx = calexp.shape
     x = np.asarray(catalog["x"], dtype=float)[rows]
     y = np.asarray(catalog["y"], dtype=float)[rows]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from pathlib import Path
 
@@ -109,3 +110,36 @@ def test_bad_input() -> None:
         BackgroundConfig(mask_threshold_sigma=-1.0)
     with pytest.raises(TypeError, match="Exposure"):
         estimate_background(np.zeros((10, 10)))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("shape", "mesh"), [((300, 470), 64), ((64, 300), 64), ((333, 40), 40)])
+def test_mesh_interpolation_reproduces_sep_maps(shape: tuple[int, int], mesh: int) -> None:
+    # The result keeps one value per box; its maps are sep's bicubic spline of them,
+    # including one-row and one-column meshes and a partial last box.
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    image = (100 + 0.05 * xx + 3 * np.sin(yy / 40.0) + rng.normal(0, 5, shape)).astype(np.float32)
+    config = BackgroundConfig(mesh_size_px=mesh, n_iterations=0)
+    bkg = estimate_background(Exposure(image, variance=np.full(shape, 25.0)), config)
+    nodes = (-(-shape[0] // mesh), -(-shape[1] // mesh))
+    assert bkg.mesh_background.shape == nodes
+    filter_size = 3 if min(nodes) >= 3 else 1  # as estimate_background shrinks it
+    reference = sep.Background(image, bw=mesh, bh=mesh, fw=filter_size, fh=filter_size)
+    np.testing.assert_allclose(bkg.background, reference.back(), rtol=2e-6)
+    np.testing.assert_allclose(bkg.rms, reference.rms(), rtol=2e-6)
+    np.testing.assert_array_equal(bkg.background_rows(7, 19), bkg.background[7:19])
+    np.testing.assert_array_equal(bkg.rms_rows(0, 0), np.zeros((0, shape[1]), np.float32))
+    with pytest.raises(ValueError, match="outside the background map"):
+        bkg.background_rows(0, shape[0] + 1)
+
+
+def test_result_is_small_and_picklable(sim) -> None:
+    bkg = estimate_background(sim.exposure)
+    # No full-resolution float map is held: the mesh and a bit-packed source mask.
+    held = bkg.mesh_background.nbytes + bkg.mesh_rms.nbytes + bkg.source_mask_bits.nbytes
+    assert held < sim.exposure.image.nbytes / 20
+    mask = bkg.source_mask
+    assert mask.shape == sim.exposure.shape and mask.dtype == bool
+    assert np.array_equal(np.packbits(mask, axis=1), bkg.source_mask_bits)
+    copy = pickle.loads(pickle.dumps(bkg))
+    np.testing.assert_array_equal(copy.background, bkg.background)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import galsim
 import numpy as np
 import pytest
+from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from stacklab.toolkit import (
@@ -16,6 +17,7 @@ from stacklab.toolkit import (
     estimate_background,
     subtract_background,
 )
+from stacklab.toolkit._footprint_spans import _label_compact, _label_spans
 from stacklab.toolkit.simulate import SimulationConfig, make_sky, simulate_visit
 
 
@@ -61,6 +63,51 @@ def test_detected_plane_and_footprint_spans(scene) -> None:
     # Growing makes footprints larger than the above-threshold area.
     small = detect_sources(calexp, DetectionConfig(grow_psf_sigma=0.0))
     assert (small.labels > 0).sum() < (det.labels > 0).sum()
+
+
+def test_footprints_are_kept_as_spans(scene) -> None:
+    _, calexp = scene
+    det = detect_sources(calexp)
+    # No full-size image is kept: spans (16 bytes per footprint row) draw the labels.
+    assert det.significance is None
+    assert det.footprint_spans.nbytes < calexp.image.nbytes / 20
+    labels = det.labels
+    reference, n = ndimage.label(labels > 0, structure=np.ones((3, 3), dtype=bool))
+    assert n == len(det)
+    # Each footprint is one connected region with its own id, as ndimage sees it.
+    for fid in (1, len(det) // 2, len(det)):
+        row = det.footprints[fid - 1]
+        box = (slice(row["y_min"], row["y_max"] + 1), slice(row["x_min"], row["x_max"] + 1))
+        inside = labels[box] == fid
+        assert np.array_equal(det.footprint_mask(fid), inside)
+        assert len(np.unique(reference[box][inside])) == 1
+        assert int(inside.sum()) == int(row["n_pixels"])
+    kept = detect_sources(calexp, keep_significance=True)
+    assert kept.significance is not None and kept.significance.shape == calexp.shape
+    assert np.all(kept.significance[labels > 0].max() >= det.config.threshold_sigma)
+    with pytest.raises(ValueError, match="footprint_id"):
+        det.spans(len(det) + 1)
+
+
+def test_mask_in_place_sets_the_callers_mask(scene) -> None:
+    _, calexp = scene
+    own = calexp.replace(mask=calexp.mask.copy())
+    det = detect_sources(own, mask_in_place=True)
+    assert det.exposure.mask is own.mask
+    assert np.array_equal(own.plane("DETECTED"), det.labels > 0)
+    copied = detect_sources(calexp)
+    assert np.array_equal(copied.exposure.mask, own.mask)
+
+
+def test_compact_labels_fall_back_to_int32() -> None:
+    checkerboard = np.zeros((600, 600), dtype=bool)
+    checkerboard[::2, ::2] = True  # 90000 isolated pixels: more than uint16 holds
+    labels, n = _label_compact(checkerboard)
+    assert n == 90000 and labels.dtype == np.int32
+    few, n_few = _label_compact(checkerboard[:100, :100])
+    assert n_few == 2500 and few.dtype == np.uint16
+    spans = _label_spans(labels)
+    assert len(spans) == n and np.all(spans[:, 3] - spans[:, 2] == 1)
 
 
 def test_narrow_peak_map_splits_close_pairs() -> None:

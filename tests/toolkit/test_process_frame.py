@@ -116,6 +116,30 @@ def test_cosmic_rays_recovered(frame) -> None:
     assert np.mean(found[iy, ix]) < 0.05
 
 
+def test_frame_result_holds_no_full_size_intermediates(frame) -> None:
+    sim, result = frame
+    calexp = result.exposure
+    # The calexp's own planes, and small things: meshes, spans, pixel lists.
+    assert result.detections.exposure.mask is calexp.mask
+    assert result.cosmic_rays.exposure.mask is calexp.mask
+    assert result.detections.significance is None
+    small = (
+        result.background.mesh_background, result.background.source_mask_bits,
+        result.detections.footprint_spans, result.cosmic_rays.pixels,
+    )  # fmt: skip
+    assert all(a.nbytes < calexp.image.nbytes / 10 for a in small)
+    # Everything is still there on demand.
+    crs = result.cosmic_rays
+    assert crs.mask.sum() == crs.n_pixels == len(crs.pixels)
+    assert np.all(calexp.plane("CR")[crs.pixels[:, 0], crs.pixels[:, 1]])
+    assert np.array_equal(calexp.plane("DETECTED"), result.detections.labels > 0)
+    sky = result.background.background
+    kept = ~calexp.plane("INTRP")  # cosmic rays were repaired, the rest is image - sky
+    np.testing.assert_allclose((calexp.image + sky)[kept], sim.exposure.image[kept], rtol=1e-6)
+    assert not np.array_equal(sim.exposure.mask, calexp.mask)  # the input mask is untouched
+    assert not sim.exposure.plane("DETECTED").any()
+
+
 def test_lacosmic_method_agrees(frame) -> None:
     sim, result = frame
     truth = (sim.artifact_mask & (1 << sim.artifact_planes["CR"])) != 0

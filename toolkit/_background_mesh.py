@@ -1,0 +1,126 @@
+"""The background mesh and its bicubic-spline interpolation, as SExtractor and sep do it.
+
+sep keeps the background as one value per mesh box and evaluates the full-resolution
+map row by row: a natural cubic spline along y through each column of mesh values,
+then a natural cubic spline along x through the interpolated row. Node ``j`` of an
+axis sits at ``u = j`` of the coordinate ``u = (p + 0.5) / box - 0.5`` (``p`` the
+pixel index, ``box`` the mesh size); pixels beyond the first or last node are
+extrapolated from the end segment. Both splines are linear in the mesh values, so
+the map is ``A_y @ mesh @ A_x.T`` with one interpolation matrix per axis. That lets
+:class:`~stacklab.toolkit.Background` keep the mesh only (a few kB instead of two
+float32 images) and evaluate any block of rows on demand, identically to sep.
+
+sep does not expose its mesh; :func:`_mesh_from_map` recovers it from a map sep made
+(least squares through the same matrices, exact to float32 rounding).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numpy.typing import NDArray
+
+# Rows per block when a map is evaluated or read: blocks of float64 stay small.
+_BLOCK_ROWS = 512
+
+
+@functools.lru_cache(maxsize=16)
+def _interpolation_matrix(
+    n_pixels: int, n_nodes: int, box: int, *, offset: float, spline: bool = True
+) -> NDArray[np.float64]:
+    """Return the ``(n_pixels, n_nodes)`` matrix of sep's interpolation along one axis.
+
+    Row ``p`` holds the weights of the node values in the value at pixel ``p``,
+    whose coordinate in node units is ``(p + offset) / box - 0.5`` (sep uses
+    ``offset`` 0.5 along x and 0 along y). ``spline=False`` gives sep's linear
+    interpolation (along x when the mesh has a single row). Read-only; cached.
+    """
+    if n_nodes == 1:
+        out = np.ones((n_pixels, 1))
+        out.flags.writeable = False
+        return out
+    second = _second_derivatives(n_nodes) if spline else np.zeros((n_nodes, n_nodes))
+    u = (np.arange(n_pixels) + offset) / box - 0.5
+    segment = np.clip(np.floor(u).astype(np.int64), 0, n_nodes - 2)
+    b = u - segment
+    a = 1.0 - b
+    out = (a * a * a - a)[:, None] * second[segment]
+    out += (b * b * b - b)[:, None] * second[segment + 1]
+    rows = np.arange(n_pixels)
+    out[rows, segment] += a
+    out[rows, segment + 1] += b
+    out.flags.writeable = False
+    return out
+
+
+def _second_derivatives(n_nodes: int) -> NDArray[np.float64]:
+    """Linear map from node values to the spline terms sep multiplies by ``t³ - t``.
+
+    The tridiagonal solve of a natural cubic spline with unit spacing, with
+    SExtractor's back-substitution as it is: each term is ``(c_k d_{k+1} + u_k) / 6``
+    with ``d_{k+1}`` already divided by 6 (not the textbook ``M''/6``; sep's maps are
+    made this way, so the mesh must be read the same way).
+    """
+    identity = np.eye(n_nodes)
+    c = np.zeros(n_nodes)
+    u = np.zeros((n_nodes, n_nodes))
+    for k in range(1, n_nodes - 1):
+        c[k] = -1.0 / (c[k - 1] + 4.0)
+        u[k] = c[k] * (u[k - 1] - 6.0 * (identity[k + 1] + identity[k - 1] - 2.0 * identity[k]))
+    d = np.zeros((n_nodes, n_nodes))
+    for k in range(n_nodes - 2, 0, -1):
+        d[k] = (c[k] * d[k + 1] + u[k]) / 6.0
+    return d
+
+
+def _n_nodes(n_pixels: int, box: int) -> int:
+    """Mesh boxes along an axis of ``n_pixels`` (the last one may be partial)."""
+    return -(-n_pixels // box)
+
+
+def _matrices(
+    shape: tuple[int, int], mesh_shape: tuple[int, int], box: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Interpolation matrices along y and x (sep: no spline along x for a one-row mesh)."""
+    a_y = _interpolation_matrix(shape[0], mesh_shape[0], box, offset=0.0)
+    a_x = _interpolation_matrix(shape[1], mesh_shape[1], box, offset=0.5, spline=mesh_shape[0] > 1)
+    return a_y, a_x
+
+
+def _evaluate(
+    mesh: NDArray[np.floating], shape: tuple[int, int], box: int, y0: int = 0, y1: int | None = None
+) -> NDArray[np.float32]:
+    """Return the float32 map of rows ``y0:y1`` interpolated from ``mesh``."""
+    ny, nx = shape
+    y1 = ny if y1 is None else y1
+    a_y, a_x = _matrices(shape, mesh.shape, box)
+    along_x = np.asarray(mesh, dtype=np.float64) @ a_x.T
+    out = np.empty((max(y1 - y0, 0), nx), dtype=np.float32)
+    for start in range(y0, y1, _BLOCK_ROWS):
+        stop = min(start + _BLOCK_ROWS, y1)
+        out[start - y0 : stop - y0] = a_y[start:stop] @ along_x
+    return out
+
+
+def _mesh_from_map(map_: NDArray[np.floating], box: int) -> NDArray[np.float32]:
+    """Return the mesh whose interpolation is ``map_`` (a full-resolution sep map).
+
+    The map is ``A_y @ mesh @ A_x.T``; the rows and columns of pixels next to the
+    nodes suffice to invert it (least squares on three rows and columns per node).
+    """
+    ny, nx = map_.shape
+    a_y, a_x = _matrices(map_.shape, (_n_nodes(ny, box), _n_nodes(nx, box)), box)
+    rows = _near_nodes(a_y.shape[1], box, 0.0, ny)
+    cols = _near_nodes(a_x.shape[1], box, 0.5, nx)
+    sample = np.asarray(map_[np.ix_(rows, cols)], dtype=np.float64)
+    left = np.linalg.lstsq(a_y[rows], sample, rcond=None)[0]
+    mesh = np.linalg.lstsq(a_x[cols], left.T, rcond=None)[0].T
+    return mesh.astype(np.float32)
+
+
+def _near_nodes(n_nodes: int, box: int, offset: float, n_pixels: int) -> NDArray[np.intp]:
+    """Pixels within one of each node (node ``k`` is at pixel ``(k + 0.5) box - offset``)."""
+    centres = np.rint((np.arange(n_nodes) + 0.5) * box - offset).astype(np.intp)
+    near = (centres[:, None] + np.array([-1, 0, 1])[None, :]).ravel()
+    return np.unique(np.clip(near, 0, n_pixels - 1))
