@@ -108,3 +108,33 @@ def test_a_host_whose_imported_code_changed_is_replaced(tmp_path, monkeypatch):
     finally:
         host.close()
     assert values == [1, 1, 2]
+
+
+def test_host_imports_the_toolkit_once_a_notebook_imports_stacklab(tmp_path, monkeypatch):
+    monkeypatch.setenv("STACKLAB_FORK_KERNELS", "1")
+    # What the kernel had imported before the notebook's own imports ran.
+    probe = (
+        "import json, sys\n"
+        "json.dump({'toolkit': 'stacklab.toolkit.process_frame' in sys.modules,\n"
+        "           'scipy': 'scipy.ndimage' in sys.modules}, open('report.json', 'w'))"
+    )
+    plain = write_notebook(tmp_path / "plain.ipynb", "x = 0", probe)
+    stacklab = write_notebook(
+        tmp_path / "uses.ipynb", "x = 0", probe, "from stacklab.toolkit import Exposure"
+    )
+    host = execute.TaskHost()
+    seen = []
+    try:
+        for x, notebook in enumerate([plain, stacklab, plain]):
+            result = execute.execute_task(task_spec(tmp_path, notebook, x, REPORT), host=host)
+            assert result["status"] == "ok", result
+            seen.append(json.loads((Path(result["attempt_dir"]) / "report.json").read_text()))
+    finally:
+        host.close()
+    # A notebook without stacklab does not make the host import it; the first one that
+    # imports stacklab finds it imported, and so does every later task of this host.
+    assert seen == [
+        {"toolkit": False, "scipy": False},
+        {"toolkit": True, "scipy": True},
+        {"toolkit": True, "scipy": True},
+    ]

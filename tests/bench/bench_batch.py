@@ -48,18 +48,10 @@ def write_notebook(path: Path, parameters: str, *cells: str) -> Path:
 
 
 def client_for(workers: int):
-    import dask
-    from distributed import Client, LocalCluster
+    """The LocalCluster ``stacklab run`` starts, with ``workers`` workers."""
+    from stacklab.toolkit.batch.runner import _make_client
 
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            dashboard_address=":0",
-            memory_limit=0,
-            silence_logs=40,
-        )
-    return Client(cluster), cluster
+    return _make_client(None, workers)
 
 
 def overhead(root: Path, n: int) -> None:

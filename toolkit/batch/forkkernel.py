@@ -26,11 +26,11 @@ task's own process (itself a fork of the host):
 
 Everything a notebook can observe is as in a new kernel (``sys.argv``, ``sys.path``,
 environment, ``__main__``, a random state reseeded at fork), except that the modules the
-host imported are already in ``sys.modules``: papermill and jupyter_client, and
-``stacklab.toolkit`` with numpy, scipy and astropy, so that stacklab notebooks start
-with their imports done. The host is replaced when a file of any of those modules
-changes (see `taskhost`). Set ``STACKLAB_FORK_KERNELS=0`` to start every kernel as a
-new interpreter instead.
+host imported are already in ``sys.modules``: papermill and jupyter_client, and, once
+the host has run a notebook that imports ``stacklab``, ``stacklab.toolkit`` with numpy,
+scipy and astropy, so that stacklab notebooks start with their imports done. The host is
+replaced when a file of any of those modules changes (see `taskhost`). Set
+``STACKLAB_FORK_KERNELS=0`` to start every kernel as a new interpreter instead.
 """
 
 from __future__ import annotations

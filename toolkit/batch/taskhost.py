@@ -17,7 +17,9 @@ task it forks a child, which
 
 The host reads one spec path per line on stdin and answers with the child's pid, or
 with ``stale`` (and exits) when a source file of a module it imported has changed since
-it started, so that no task runs code older than what is on disk.
+it started, so that no task runs code older than what is on disk. Before forking the
+first task whose notebook imports ``stacklab``, it imports all of ``stacklab.toolkit``,
+so that such notebooks start with numpy, scipy, astropy and galsim imported.
 """
 
 from __future__ import annotations
@@ -344,6 +346,48 @@ def _warm_task_machinery() -> None:
     KernelProvisionerFactory.instance()
 
 
+_IMPORTS_STACKLAB = re.compile(r"^\s*(?:import|from)\s+stacklab\b", re.MULTILINE)
+
+
+def _imports_stacklab(notebook: str, cache: dict[tuple[str, int], bool]) -> bool:
+    """Whether a code cell of ``notebook`` imports ``stacklab`` (cached by file and mtime)."""
+    try:
+        key = (notebook, os.stat(notebook).st_mtime_ns)  # noqa: PTH116 - as below
+        if key not in cache:
+            cells = json.loads(Path(notebook).read_text()).get("cells", [])
+            cache[key] = any(
+                cell.get("cell_type") == "code"
+                and _IMPORTS_STACKLAB.search("".join(cell.get("source", "")))
+                for cell in cells
+            )
+        return cache[key]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False  # the task itself will report an unreadable notebook
+
+
+def _preload_toolkit(spec_path: Path, cache: dict[tuple[str, int], bool]) -> bool:
+    """Import all of ``stacklab.toolkit`` before forking the first task that uses it.
+
+    The package imports its modules on first use; with numpy, scipy, astropy and galsim
+    that costs 1.2 s, paid here once instead of in the kernel of every stacklab
+    notebook, and not at all by a host that runs no stacklab notebook. Returns whether
+    it imported anything.
+    """
+    if "stacklab.toolkit.process_frame" in sys.modules:
+        return False
+    try:
+        notebook = json.loads(spec_path.read_text())["notebook"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if not _imports_stacklab(str(notebook), cache):
+        return False
+    import stacklab.toolkit as toolkit
+
+    for name in toolkit.__all__:
+        getattr(toolkit, name)
+    return True
+
+
 def _module_sources() -> dict[str, int]:
     """Modification times (ns) of the source files of every module imported so far."""
     sources = {}
@@ -398,6 +442,7 @@ def main() -> int:
         install_kernelspec(Path(folder), fork=fork)
         host_pid = os.getpid()
         sources = _module_sources()
+        notebooks_seen: dict[tuple[str, int], bool] = {}
         sys.stdout.write("ready\n")
         sys.stdout.flush()
         for line in sys.stdin:
@@ -409,6 +454,11 @@ def main() -> int:
                 sys.stdout.write(f"{STALE_ANSWER}\n")
                 sys.stdout.flush()
                 return 0
+            if _preload_toolkit(spec_path, notebooks_seen):
+                gc.freeze()
+                # Watch the new modules' files too (the ones already watched keep the
+                # modification times they had when first imported).
+                sources = {**_module_sources(), **sources}
             pid = os.fork()
             if pid == 0:
                 # A forked child must never return into this loop: its unwinding would run
