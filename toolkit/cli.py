@@ -48,7 +48,12 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(command_name: str | None = None) -> argparse.ArgumentParser:
+    """Build the command-line parser, importing only ``command_name``'s module (if any).
+
+    Importing every command's module would cost two seconds (scipy, astropy, nbformat)
+    before ``stacklab status`` or ``stacklab --help`` could print anything.
+    """
     parser = argparse.ArgumentParser(
         prog="stacklab",
         description="Astronomical image analysis in notebooks and batch runs.",
@@ -57,15 +62,19 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in _COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
-        module = importlib.import_module(module_name)
-        module.add_arguments(command)
-        command.set_defaults(_run=module.run)
+        if name == command_name:
+            module = importlib.import_module(module_name)
+            module.add_arguments(command)
+            command.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``stacklab`` command line; return the process exit code."""
-    args = _parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    # The command is the first word that is not an option (``-v`` takes no value).
+    command_name = next((a for a in arguments if not a.startswith("-")), None)
+    args = _parser(command_name).parse_args(arguments)
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(levelname)s %(name)s: %(message)s",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from stacklab.toolkit.batch import Registry, RundirBusyError
@@ -27,11 +30,30 @@ def test_set_values_are_typed_and_existing_paths_absolute(tmp_path, monkeypatch)
 
 
 def test_commands_are_registered():
-    parser = _parser()
-    args = parser.parse_args(["run", "p.yaml", "--out", "r", "--allow-partial", "--timeout", "5"])
+    args = _parser("run").parse_args(
+        ["run", "p.yaml", "--out", "r", "--allow-partial", "--timeout", "5"]
+    )
     assert (args.pipeline, args.out, args.allow_partial, args.timeout) == ("p.yaml", "r", True, 5.0)
-    assert parser.parse_args(["status", "r", "--json"]).json is True
-    assert parser.parse_args(["report", "r"]).rundir == "r"
+    assert _parser("status").parse_args(["status", "r", "--json"]).json is True
+    assert _parser("report").parse_args(["report", "r"]).rundir == "r"
+
+
+def test_the_command_line_imports_only_the_command_it_runs():
+    # ``stacklab status`` must not pay for scipy, astropy and papermill before printing.
+    probe = (
+        "import sys\n"
+        "from stacklab.toolkit.cli import main\n"
+        "try:\n"
+        "    main(['status', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in ('scipy', 'astropy', 'papermill', 'stacklab.toolkit.coadd')"
+        " if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip().splitlines()[-1] == "[]"
 
 
 def test_lock_refuses_a_second_holder_and_status_sees_stale_tasks(tmp_path):
