@@ -18,8 +18,9 @@ task it forks a child, which
 The host reads one spec path per line on stdin and answers with the child's pid, or
 with ``stale`` (and exits) when a source file of a module it imported has changed since
 it started, so that no task runs code older than what is on disk. Before forking the
-first task whose notebook imports ``stacklab``, it imports all of ``stacklab.toolkit``,
-so that such notebooks start with numpy, scipy, astropy and galsim imported.
+first task whose notebook imports ``stacklab``, a host that forks kernels imports all of
+``stacklab.toolkit``, so that such notebooks start with numpy, scipy, astropy and galsim
+imported.
 """
 
 from __future__ import annotations
@@ -454,7 +455,7 @@ def main() -> int:
                 sys.stdout.write(f"{STALE_ANSWER}\n")
                 sys.stdout.flush()
                 return 0
-            if _preload_toolkit(spec_path, notebooks_seen):
+            if fork and _preload_toolkit(spec_path, notebooks_seen):
                 gc.freeze()
                 # Watch the new modules' files too (the ones already watched keep the
                 # modification times they had when first imported).
