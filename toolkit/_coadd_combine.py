@@ -54,8 +54,9 @@ def _assemble(
         found = chunk(stack, weights, planes, bad_bits, combine_bad, y0, y1, config)
         value, value_var, mask, count, bits, n_clipped = found
         any_used = count > 0
-        image[rows] = np.where(any_used, value, 0.0)
-        variance[rows] = np.where(any_used, value_var, np.inf)
+        # The planes start as 0 and inf: only pixels with data are written (cast to float32).
+        np.copyto(image[rows], value, where=any_used)
+        np.copyto(variance[rows], value_var, where=any_used)
         out_mask[rows] = mask
         n_inputs[rows] = count
         contributors[rows] = bits
@@ -138,13 +139,15 @@ def _assemble_mean_chunk(
         w = np.float64(weights[i])
         has_data = (m & np.int32(no_data_bit)) == 0
         used = ((m & np.int32(combine_bad)) == 0) & np.isfinite(data) & np.isfinite(var)
-        wsum[at] += used * w
-        wdata[at] += np.where(used, data, np.float32(0.0)) * w
-        w2var[at] += np.where(used, var, np.float32(0.0)) * (w * w)
-        mask[at] |= np.where(used, m, 0)
+        # In-place sums restricted to the used pixels (``where=``): no masked copies.
+        np.add(wsum[at], w, out=wsum[at], where=used)
+        with np.errstate(invalid="ignore", over="ignore"):
+            np.add(wdata[at], data * w, out=wdata[at], where=used)
+            np.add(w2var[at], var * (w * w), out=w2var[at], where=used)
+        np.bitwise_or(mask[at], m, out=mask[at], where=used)
         count[at] += used
-        bits[at] |= np.where(used, np.int64(1) << np.int64(i), np.int64(0))
-        wsum_data[at] += has_data * w
+        np.bitwise_or(bits[at], np.int64(1) << np.int64(i), out=bits[at], where=used)
+        np.add(wsum_data[at], w, out=wsum_data[at], where=has_data)
         for bit, total in wsum_planes.items():
             hit = (m & np.int32(bit)) != 0
             if hit.any():

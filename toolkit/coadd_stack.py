@@ -91,6 +91,10 @@ class _DiskStack:
             data = np.fromfile(f, dtype=dtype, count=(yb - ya) * width)
         return data.reshape(yb - ya, width), (slice(ya - y0, yb - y0), slice(bx0, bx1))
 
+    def fill(self, plane: str) -> Any:
+        """Value of ``plane`` outside every warp's box (0, inf or the NO_DATA bit)."""
+        return self._fill[plane]
+
     def rows(self, plane: str, i: int, y0: int, y1: int) -> NDArray[Any]:
         out = np.full((y1 - y0, self.shape[1]), self._fill[plane], dtype=self._DTYPES[plane])
         found = self.segment(plane, i, y0, y1)
@@ -123,9 +127,10 @@ def _clipped_mean_of(values: NDArray[np.floating], sigma: float, iterations: int
     values = values[np.isfinite(values)]
     if values.size == 0:
         return float("nan")
-    mean = float(np.mean(values, dtype=np.float64))
     centre = float(np.median(values))
     spread = float(np.std(values, dtype=np.float64))
+    if iterations == 0 or spread == 0:
+        return float(np.mean(values, dtype=np.float64))
     for _ in range(iterations):
         if spread == 0:
             break
@@ -159,7 +164,11 @@ def _combine(
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
     """Combine a (n, rows, nx) stack; return image, variance and which inputs were used."""
     w = weights[:, None, None]
+    weighted = w * data
     used = usable.copy()
+    # The clipped mean's last centre is its image: its weight sum is kept for the variance.
+    image: NDArray[np.float64] | None = None
+    wsum: NDArray[np.float64] | None = None
     if statistic == "clipped_mean":
         x = np.where(usable, data, np.nan)
         ordered = np.sort(x, axis=0)
@@ -168,27 +177,29 @@ def _combine(
         spread = 0.7413 * (
             _sorted_quantile(ordered, count, 0.75) - _sorted_quantile(ordered, count, 0.25)
         )
+        del ordered
         for _ in range(iterations):
             with np.errstate(invalid="ignore"):
                 inside = np.abs(x - centre) <= sigma_clip * spread
             used = usable & (inside | (spread <= 0)[None])
             n_used = used.sum(axis=0)
+            wsum = np.sum(np.where(used, w, 0.0), axis=0)
             with np.errstate(invalid="ignore", divide="ignore"):
-                centre = np.sum(np.where(used, w * data, 0.0), axis=0) / np.sum(
-                    np.where(used, w, 0.0), axis=0
-                )
+                centre = np.sum(np.where(used, weighted, 0.0), axis=0) / wsum
                 deviation = np.where(used, data - centre, 0.0)
                 spread = np.sqrt(np.sum(deviation**2, axis=0) / np.maximum(n_used - 1, 1))
             spread = np.where(n_used > 1, spread, 0.0)
-    wsum = np.sum(np.where(used, w, 0.0), axis=0)
+            image = centre
+    if wsum is None:
+        wsum = np.sum(np.where(used, w, 0.0), axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        variance = np.sum(np.where(used, w * w * var, 0.0), axis=0) / wsum**2
+        variance = np.sum(np.where(used, (w * w) * var, 0.0), axis=0) / wsum**2
         if statistic == "median":
             ordered = np.sort(np.where(used, data, np.nan), axis=0)
             image = _sorted_quantile(ordered, used.sum(axis=0), 0.5)
             variance = variance * (np.pi / 2.0)
-        else:
-            image = np.sum(np.where(used, w * data, 0.0), axis=0) / wsum
+        elif image is None:
+            image = np.sum(np.where(used, weighted, 0.0), axis=0) / wsum
     return image, variance, used
 
 
@@ -313,8 +324,20 @@ def _read_chunk(
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
     """Stack rows ``y0..y1-1`` of ``inputs`` (default all) as ``(n, rows, nx)`` arrays."""
     inputs = list(range(stack.n)) if inputs is None else inputs
-    data = np.stack([stack.rows("image", i, y0, y1) for i in inputs]).astype(np.float64)
-    var = np.stack([stack.rows("variance", i, y0, y1) for i in inputs]).astype(np.float64)
-    mask = np.stack([stack.rows("mask", i, y0, y1) for i in inputs])
+    shape = (len(inputs), y1 - y0, stack.shape[1])
+    # Filled in place, each warp's segment converted as it is copied in (no float32
+    # stack and float64 copy of it).
+    out: dict[str, NDArray[Any]] = {
+        "image": np.empty(shape),
+        "variance": np.empty(shape),
+        "mask": np.empty(shape, np.int32),
+    }
+    for plane, array in out.items():
+        for k, i in enumerate(inputs):
+            array[k] = stack.fill(plane)
+            found = stack.segment(plane, i, y0, y1)
+            if found is not None:
+                array[k][found[1]] = found[0]
+    data, var, mask = out["image"], out["variance"], out["mask"]
     usable = ((mask & bad_bits) == 0) & np.isfinite(data) & np.isfinite(var)
     return data, var, usable

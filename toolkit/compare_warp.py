@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -166,16 +167,15 @@ def _smoothed_snr(
 ) -> NDArray[np.float64]:
     """S/N of the PSF-smoothed difference, in units of its own robust scatter.
 
-    ``mismatch`` (ADU, already smoothed) is added in quadrature to the noise of the
-    smoothed difference: the part of a source's residual that PSF differences
-    between the warp and the template can explain.
+    ``diff`` and ``noise_var`` must be 0 where not ``usable`` (as `find_artifacts`
+    makes them). ``mismatch`` (ADU, already smoothed) is added in quadrature to the
+    noise of the smoothed difference: the part of a source's residual that PSF
+    differences between the warp and the template can explain.
     """
-    smooth = ndimage.gaussian_filter(np.where(usable, diff, 0.0), psf_sigma_px, mode="constant")
+    smooth = ndimage.gaussian_filter(diff, psf_sigma_px, mode="constant")
     # Noise of the smoothed image: the variance convolved with the squared kernel,
     # a Gaussian of sigma/sqrt(2) scaled by 1/(4 pi sigma^2).
-    smooth_var = ndimage.gaussian_filter(
-        np.where(usable, noise_var, 0.0), psf_sigma_px / np.sqrt(2.0), mode="constant"
-    )
+    smooth_var = ndimage.gaussian_filter(noise_var, psf_sigma_px / np.sqrt(2.0), mode="constant")
     smooth_var /= 4.0 * np.pi * psf_sigma_px**2
     covered = ndimage.gaussian_filter(usable.astype(np.float64), psf_sigma_px, mode="constant")
     good = (smooth_var > 0) & (covered > 0.5)
@@ -208,6 +208,8 @@ def _candidates(
     mismatch: NDArray[np.float64] | None = None,
 ) -> tuple[NDArray[np.int32], int, NDArray[np.bool_]]:
     """Label the grown candidates of one difference; also return where it is significant.
+
+    ``diff`` and ``noise_var`` must be 0 where not ``usable``.
 
     The second mask holds the pixels above ``extent_threshold_sigma`` (either sign):
     how far an artifact reaches, used to trim the clipped area.
@@ -328,7 +330,9 @@ def find_artifacts(
     def region_of(i: int) -> tuple[slice, slice]:
         return regions(i) if regions is not None else everywhere
 
-    def candidates(i: int) -> tuple[NDArray[np.int32], int, NDArray[np.bool_]]:
+    def candidates(
+        i: int,
+    ) -> tuple[NDArray[np.int32], int, NDArray[np.bool_], NDArray[np.intp], NDArray[np.int32]]:
         image, variance, usable = warp(i)
         at = region_of(i)
         both = usable & ok[at]
@@ -340,24 +344,31 @@ def find_artifacts(
             diff, noise, both, psf_sigma_px, config, fractions[i] * scale[at]
         )
         del diff, noise
+        flat = labels.ravel()
+        pixels = np.flatnonzero(flat)
+        values = flat[pixels]
         if n:
-            unmasked = np.bincount(labels.ravel(), weights=usable.ravel(), minlength=n + 1)
-            size = np.bincount(labels.ravel(), minlength=n + 1)
+            # Counted over the labelled pixels only (label 0 is never kept).
+            unmasked = np.bincount(values, weights=usable.ravel()[pixels], minlength=n + 1)
+            size = np.bincount(values, minlength=n + 1)
             keep = unmasked > config.prefilter_ratio * size
             keep[0] = False
-            labels = np.where(keep[labels], labels, 0).astype(np.int32)
+            dropped = ~keep[values]
+            if dropped.any():
+                flat[pixels[dropped]] = 0
+                pixels, values = pixels[~dropped], values[~dropped]
         # Only the significant pixels an artifact could reach are kept.
-        return labels, n, extent & _grow(labels > 0, reach)
+        return labels, n, extent & _grow(labels > 0, reach), pixels, values
 
     # Candidates are found once per warp and kept as their (few) labelled pixels.
     found: list[tuple[tuple[int, ...], NDArray[np.intp], NDArray[np.int32], int, NDArray[np.intp]]]
     found = []
     epoch_count = np.zeros(template.shape, dtype=np.int16)
     for i in range(n_warps):
-        labels, n, extent = candidates(i)
-        pixels = np.flatnonzero(labels)
-        found.append((labels.shape, pixels, labels.ravel()[pixels], n, np.flatnonzero(extent)))
-        epoch_count[region_of(i)] += (labels > 0).astype(np.int16)
+        labels, n, extent, pixels, values = candidates(i)
+        found.append((labels.shape, pixels, values, n, np.flatnonzero(extent)))
+        rows, columns = np.divmod(pixels, labels.shape[1])
+        epoch_count[region_of(i)][rows, columns] += 1
         del labels, extent
 
     def clipped(i: int) -> NDArray[np.bool_] | None:
@@ -365,29 +376,34 @@ def find_artifacts(
         if n == 0 or pixels.size == 0:
             return None
         at = region_of(i)
-        labels = np.zeros(shape, dtype=np.int32)
-        labels.ravel()[pixels] = values
-        flat = labels.ravel()
-        size = np.bincount(flat, minlength=n + 1).astype(float)
-        good_here = n_good[at].ravel()
-        mean_n = np.bincount(flat, weights=good_here, minlength=n + 1) / np.maximum(size, 1)
+        # Per-candidate statistics over its labelled pixels only (rows of the region
+        # are gathered at those pixels, never copied whole).
+        width = shape[1]
+        rows, columns = np.divmod(pixels, width)
+
+        def here(image: NDArray[Any]) -> NDArray[Any]:
+            return np.asarray(image[at][rows, columns])
+
+        size = np.bincount(values, minlength=n + 1).astype(float)
+        mean_n = np.bincount(values, weights=here(n_good), minlength=n + 1) / np.maximum(size, 1)
         eff_max = np.floor(
             np.minimum(
                 config.max_fraction_epochs_low * mean_n,
                 config.max_num_epochs + config.max_fraction_epochs_high * mean_n,
             )
         )
-        count = epoch_count[at].ravel()
-        passing = (count > 0) & (count <= eff_max[flat])
-        frac = np.bincount(flat, weights=passing, minlength=n + 1) / np.maximum(size, 1)
+        count = here(epoch_count)
+        passing = (count > 0) & (count <= eff_max[values])
+        frac = np.bincount(values, weights=passing, minlength=n + 1) / np.maximum(size, 1)
         artifact = frac > config.spatial_threshold
         if config.preserve_contained_by_source:
-            in_source = np.bincount(flat, weights=sources[at].ravel(), minlength=n + 1)
+            in_source = np.bincount(values, weights=here(sources), minlength=n + 1)
             artifact &= in_source < size
         artifact[0] = False
         if not artifact.any():
             return None
-        core = np.asarray(artifact[labels])
+        core = np.zeros(shape, dtype=bool)
+        core.ravel()[pixels[artifact[values]]] = True
         # The artifact reaches out as far as its difference stays significant
         # (within the reach of the growth), grown over the ragged noisy edge.
         extent = np.zeros(shape, dtype=bool)

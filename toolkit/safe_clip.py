@@ -193,10 +193,14 @@ def _drop_small(above: NDArray[np.bool_], min_pixels: int) -> NDArray[np.bool_]:
     labels, n = ndimage.label(above, structure=_EIGHT)
     if n == 0:
         return above
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    # Sizes and the kept pixels over the labelled pixels only: they are few.
+    pixels = np.flatnonzero(labels)
+    values = labels.ravel()[pixels]
+    sizes = np.bincount(values, minlength=n + 1)
     keep = sizes >= min_pixels
-    keep[0] = False
-    return np.asarray(keep[labels])
+    out = np.zeros(above.shape, dtype=bool)
+    out.ravel()[pixels[keep[values]]] = True
+    return out
 
 
 def _detect_on_warp(

@@ -296,8 +296,13 @@ def _warp_box(exposure: Exposure, wcs: WCS, shape: tuple[int, int], config: Warp
     table = _tap_table(a)
     repeated, tiled = _outer_tables(a)
     n_taps = taps * taps
-    weight_buffer = other_buffer = np.empty(0, dtype=np.float32)
-    offsets_tiled = np.empty(0, dtype=index_dtype)
+    # Kernel weights and input indices, (m, taps**2) row-major, in buffers sized once
+    # for the largest chunk and reused (growing them chunk by chunk cost page faults
+    # and re-tiling the offsets every time).
+    capacity = min(config.chunk_rows, bny) * bnx * n_taps
+    weight_buffer = np.empty(capacity, dtype=np.float32)
+    other_buffer = np.empty(capacity, dtype=np.float32)
+    offsets_tiled = np.tile(tap_offsets, capacity // n_taps)
     reach_width = reach.shape[1]
     reach_flat = reach.ravel()
     for r0 in range(0, bny, config.chunk_rows):
@@ -323,12 +328,6 @@ def _warp_box(exposure: Exposure, wcs: WCS, shape: tuple[int, int], config: Warp
             index_dtype
         )
         m = sel.size
-        # Kernel weights and input indices, (m, taps**2) row-major, in buffers reused
-        # from chunk to chunk (fresh arrays of this size cost page faults every time).
-        if weight_buffer.size < m * n_taps:
-            weight_buffer = np.empty(m * n_taps, dtype=np.float32)
-            other_buffer = np.empty(m * n_taps, dtype=np.float32)
-            offsets_tiled = np.tile(tap_offsets, m)
         weights = weight_buffer[: m * n_taps].reshape(m, n_taps)
         other = other_buffer[: m * n_taps].reshape(m, n_taps)
         np.take(repeated, qy, axis=0, out=weights, mode="clip")
@@ -365,11 +364,12 @@ def _warp_box(exposure: Exposure, wcs: WCS, shape: tuple[int, int], config: Warp
             mask = exposure.mask_planes.remap(mask & ~edge_bit, planes)
             mask[edge] |= edge_bit
         mask[~usable] |= no_data_bit
-        # Box-relative flat index of each selected pixel.
-        flat = (sel // (c1 - c0) + r0) * bnx + (sel % (c1 - c0) + c0)
-        out_image.ravel()[flat] = np.where(usable, value, 0.0)
-        out_var.ravel()[flat] = np.where(usable, variance, np.inf)
-        out_mask.ravel()[flat] = mask
+        # The selected pixels of the chunk's block, in the same (row-major) order.
+        block = (slice(r0, r1), slice(c0, c1))
+        where = inside.reshape(r1 - r0, c1 - c0)
+        out_image[block][where] = np.where(usable, value, np.float32(0.0))
+        out_var[block][where] = np.where(usable, variance, np.float32(np.inf))
+        out_mask[block][where] = mask
         # Noise of a large sum: det * (input variance) per output pixel, against the
         # per-pixel variance the plane holds.
         clean = usable & (acc_w > 0.999)
