@@ -55,7 +55,7 @@ def main() -> None:
         f"{seeing.max():.2f} arcsec; setup {time.perf_counter() - start:.0f} s"
     )
     print(
-        f"{'inputs':22s} {'seeing':>7s} {'spread':>7s} {'bias':>8s} {'dT/T':>8s} "
+        f"{'inputs':22s} {'seeing':>7s} {'spread':>7s} {'bias':>8s} {'+-':>7s} {'dT/T':>8s} "
         f"{'de':>7s} {'stars':>5s}"
     )
     rows = []
@@ -73,14 +73,20 @@ def main() -> None:
         rows.append(row)
         print(
             f"{name:22s} {row['seeing']:7.3f} {row['spread']:7.3f} {row['bias']:+8.4f} "
+            f"{row['bias_err']:7.4f} "
             f"{row['dT/T']:+8.4f} {row['de']:7.4f} {row['n_stars']:5d}"
         )
     halves = [r for r in rows if r["name"] != "all"]
-    slope = np.polyfit([r["seeing"] for r in halves], [r["bias"] for r in halves], 1)[0]
-    spread = max(r["bias"] for r in halves) - min(r["bias"] for r in halves)
+    seeing_means = [r["seeing"] for r in halves]
+    biases = [r["bias"] for r in halves]
+    (slope, _), cov = np.polyfit(
+        seeing_means, biases, 1, w=[1.0 / r["bias_err"] for r in halves], cov="unscaled"
+    )
+    spread = max(biases) - min(biases)
     print(
-        f"bias against mean seeing: slope {slope:+.4f} per arcsec; range over the half "
-        f"subsets {spread:.4f} (goal: |bias| < 0.002 with no trend). "
+        f"bias against mean seeing: slope {slope:+.4f} +- {np.sqrt(cov[0, 0]):.4f} per "
+        f"arcsec (from the errors of the medians); range over the half subsets "
+        f"{spread:.4f} (goal: |bias| < 0.002 with no trend). "
         f"Load average {os.getloadavg()[0]:.1f}."
     )
 
