@@ -28,6 +28,7 @@ import sep
 from astropy.io import fits
 from astropy.table import Table
 from numpy.typing import NDArray
+from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from .background import Background, BackgroundConfig, estimate_background, subtract_background
@@ -47,6 +48,10 @@ log = logging.getLogger(__name__)
 
 _PSF_STAR_MATCH_PX = 1.0
 _MIN_APCORR_STARS = 10
+# Local sky ring of the aperture correction, in units of its radius.
+_SKY_RING = (1.8, 2.4)
+# Fewest undetected pixels (fraction of the ring) for a star's local sky.
+_MIN_FREE_RING = 0.25
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,8 +71,9 @@ class ProcessFrameConfig:
         Keep the exposure's own PSF instead of fitting one (it must exist).
     aperture_correction_radius_px : float or None
         Scale PSF and model fluxes so that, on PSF stars, each matches the
-        aperture flux of this radius (with a local sky from an annulus 2-8 px
-        beyond it removed)
+        aperture flux of this radius, with a local sky removed (the mean of the
+        undetected pixels of an annulus of 1.8-2.4 times the radius; stars with
+        another source's footprint in the aperture are left out)
     aperture_correction_wing_slope : float or None
         Extrapolate the aperture flux to infinity assuming the enclosed-flux
         deficit falls as ``r^-slope`` (5/3 for Kolmogorov seeing, whose profile
@@ -375,7 +381,12 @@ def _local_aperture_flux(
 
     The global background of a crowded field is lifted by faint unmasked wings; a
     large aperture sums that error over hundreds of pixels, the PSF fit hardly
-    feels it. The local median makes the aperture correction immune to it.
+    feels it. A local sky makes the aperture correction immune to it: the mean of
+    the annulus's undetected pixels, for stars with no other source's footprint in
+    the aperture (NaN for the others). Then aperture and annulus hold the same
+    kind of light besides the star's; the median of the whole annulus, lifted by
+    other sources' light, made the reference 4% low for stars of 2e4 ADU and 0.1%
+    for 1e5+ ADU on the 4k bench frame.
     """
     out = np.full(len(catalog), np.nan)
     radius = config.aperture_correction_radius_px
@@ -384,10 +395,15 @@ def _local_aperture_flux(
     rows = np.flatnonzero(_psf_star_rows(catalog, psf_fit, "used"))
     if len(rows) == 0:
         return out
-    inner, outer = float(radius) + 2.0, float(radius) + 8.0
+    # The star's own wing lifts the ring's sky: just outside the aperture (R+2 to
+    # R+8 px) a Kolmogorov wing made the corrected flux 0.27% low for a 3.45 px
+    # FWHM (0.4% for 5.5 px). At 1.8-2.4 R its surface brightness is ~5x lower:
+    # +0.02% for 3.45 px, +0.24% for 5.5 px (noiseless, with the r^-5/3 extrapolation).
+    inner, outer = _SKY_RING[0] * float(radius), _SKY_RING[1] * float(radius)
     half = int(np.ceil(outer)) + 1
     yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
     ring = (np.hypot(xx, yy) >= inner) & (np.hypot(xx, yy) <= outer)
+    aperture = np.hypot(xx, yy) <= float(radius) + 1.0
     # sep reads float32 pixels as they are: no full-size float64 copy. Non-finite
     # pixels are masked (process_frame has set NO_DATA on them already).
     image = np.ascontiguousarray(calexp.image, dtype=np.float32)
@@ -395,6 +411,7 @@ def _local_aperture_flux(
     bad = ~np.isfinite(image)
     if bad_planes:
         _bits_set(calexp.mask, calexp.mask_planes.bitmask(*bad_planes), into=bad)
+    detected = calexp.mask_planes.bitmask("DETECTED") if "DETECTED" in calexp.mask_planes else 0
     ny, nx = calexp.shape
     x = np.asarray(catalog["x"], dtype=float)[rows]
     y = np.asarray(catalog["y"], dtype=float)[rows]
@@ -406,8 +423,19 @@ def _local_aperture_flux(
         ix, iy = round(cx), round(cy)
         if flag[k] or ix - half < 0 or iy - half < 0 or ix + half >= nx or iy + half >= ny:
             continue
-        patch = np.nan_to_num(image[iy - half : iy + half + 1, ix - half : ix + half + 1])
-        sky = float(np.median(patch[ring]))
+        box = (slice(iy - half, iy + half + 1), slice(ix - half, ix + half + 1))
+        patch = np.nan_to_num(image[box])
+        on = (calexp.mask[box] & detected) != 0
+        labels, _ = ndimage.label(on, structure=np.ones((3, 3), dtype=bool))
+        others = on & (labels != labels[half, half])
+        if others[aperture].any():
+            continue  # another source's footprint in the aperture
+        free = ring & ~on & ~bad[box]
+        if free.sum() < _MIN_FREE_RING * ring.sum():
+            continue
+        # The mean: undetected light is in the aperture by its mean, and the
+        # noise's median is not its mean (Poisson skew; detected tail cut off).
+        sky = float(np.mean(patch[free]))
         total = flux[k] - sky * np.pi * float(radius) ** 2
         if slope is not None and not inner_flag[k]:
             # Light beyond the aperture: the enclosed-flux deficit falls as r^-slope,
