@@ -82,6 +82,26 @@ def test_star_aperture_fluxes_recover_truth(clean_visit: SimulatedVisit) -> None
     assert 0.7 < pulls.std() < 1.3
 
 
+def test_flux2_drawn_is_the_sum_of_squares_of_the_noiseless_star(
+    clean_visit: SimulatedVisit,
+) -> None:
+    # The bench's optimal S/N is sqrt(flux2_drawn / V): check it on isolated stars.
+    stars = _isolated_bright_stars(clean_visit, max_mag=21.5, min_sep_px=25.0)
+    assert len(stars) >= 20
+    objects = clean_visit.noiseless - clean_visit.sky
+    measured = []
+    for x, y in zip(stars["x"], stars["y"], strict=True):
+        ix, iy = round(x), round(y)
+        measured.append(np.sum(objects[iy - 20 : iy + 21, ix - 20 : ix + 21] ** 2))
+    ratio = np.asarray(measured) / np.asarray(stars["flux2_drawn"])
+    assert np.median(ratio) == pytest.approx(1.0, abs=0.002)
+    # Kolmogorov: about 1 / (38 px²) of flux² at 3.45 px FWHM, i.e. not a Gaussian's
+    # 1 / (4 pi sigma²).
+    fwhm = np.asarray(stars["psf_fwhm_px"])
+    area = np.asarray(stars["flux_drawn"]) ** 2 / np.asarray(stars["flux2_drawn"])
+    assert np.median(area / fwhm**2) == pytest.approx(38.0 / 3.45**2, rel=0.08)
+
+
 def test_psf_size_and_ellipticity_on_bright_stars_match_visit_truth(
     clean_visit: SimulatedVisit,
 ) -> None:

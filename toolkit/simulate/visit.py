@@ -65,8 +65,10 @@ class SimulatedVisit:
     truth : astropy.table.Table
         Objects whose light falls on the detector: ``id``, ``x``, ``y`` (0-based
         px), ``flux`` (ADU, total), ``flux_drawn`` (ADU actually added to the
-        image), ``mag``, ``kind``, ``is_star``, ``in_image``, the PSF ``psf_fwhm_px``,
-        ``psf_g1``, ``psf_g2`` there, and ``saturated``.
+        image), ``flux2_drawn`` (sum of the squares of the object's noiseless
+        pixels, ADU²: its optimal matched-filter S/N on a sky of variance ``V`` is
+        ``sqrt(flux2_drawn / V)``), ``mag``, ``kind``, ``is_star``, ``in_image``,
+        the PSF ``psf_fwhm_px``, ``psf_g1``, ``psf_g2`` there, and ``saturated``.
     noiseless : numpy.ndarray
         Expected image (ADU): sky plus objects, after brighter-fatter, without
         noise or artifacts.
@@ -351,6 +353,7 @@ def _draw_objects(
     fwhm, g1, g2 = psf.parameters_at(x, y)
     image = np.zeros(shape)
     flux_drawn = np.zeros(len(rows))
+    flux2_drawn = np.zeros(len(rows))
     kinds = np.asarray(sky["kind"])[rows]
     for k, row_index in enumerate(rows):
         row = sky[row_index]
@@ -377,12 +380,14 @@ def _draw_objects(
         profile.drawImage(image=stamp, center=galsim.PositionD(x[k] + 1, y[k] + 1))
         image[y_lo : y_hi + 1, x_lo : x_hi + 1] += stamp.array
         flux_drawn[k] = stamp.array.sum()
+        flux2_drawn[k] = np.sum(stamp.array**2)
     truth = Table()
     truth["id"] = np.asarray(sky["id"])[rows]
     truth["x"] = x
     truth["y"] = y
     truth["flux"] = flux * u.adu
     truth["flux_drawn"] = flux_drawn * u.adu
+    truth["flux2_drawn"] = flux2_drawn * u.adu**2
     truth["mag"] = mags[rows] * u.mag
     truth["kind"] = kinds
     truth["is_star"] = kinds == "star"
