@@ -3,7 +3,9 @@
 At coadd pixel ``(x, y)`` the model is ``sum_i w_i P_i(x, y) / sum_i w_i`` over
 exactly the inputs that contributed to that pixel (the coadd's
 ``contributors`` bit image, so clipped and masked inputs are left out), with
-the same weights ``w_i`` the coadd used. Each ``P_i`` is normalized to unit sum.
+the same weights ``w_i`` the coadd used. Each ``P_i`` is normalized to unit sum over
+the coadd's PSF stamp (``stamp_size``); a smaller stamp is the centre of that mixture,
+normalized again.
 
 A CoaddPsf is saved with its coadd as a `SampledPsf`: its stamps on a regular grid of
 positions (default every 128 px), interpolated with inverse-distance weights when read
@@ -165,13 +167,20 @@ class CoaddPsf:
         if not used:
             msg = f"no input contributed to the coadd at ({x:.1f}, {y:.1f}); it is NO_DATA there"
             raise ValueError(msg)
-        total = np.zeros((size, size))
+        # Each input's PSF is normalized over the full PSF stamp, whatever size is asked
+        # for: normalizing over a smaller cut would give the broader PSFs of a mix of
+        # seeing more than their weight (they lose more light outside it), making the
+        # model broader than the coadd's stars (dT/T -0.2% on 25 px stamps).
+        full = max(size, self.stamp_size)
+        total = np.zeros((full, full))
         weight_sum = 0.0
         for i in used:
-            stamp = np.asarray(self.psfs[i].compute_image(x, y, size=size), dtype=np.float64)
+            stamp = np.asarray(self.psfs[i].compute_image(x, y, size=full), dtype=np.float64)
             total += self.weights[i] * stamp / stamp.sum()
             weight_sum += self.weights[i]
-        return total / weight_sum
+        cut = (full - size) // 2
+        mixture = total[cut : cut + size, cut : cut + size] / weight_sum
+        return mixture / mixture.sum()
 
     def moments(self, x: float, y: float) -> tuple[float, float, float]:
         """Adaptive moments ``(T, e1, e2)`` (px²) of the model at ``(x, y)``."""

@@ -216,6 +216,21 @@ def test_coadd_psf_matches_stars_on_the_coadd(field) -> None:
     assert len(psf.inputs_at(x_used, y_used)) == N_VISITS
 
 
+def test_a_small_coadd_psf_stamp_is_the_centre_of_the_full_mixture(field) -> None:
+    # Each input PSF is normalized over the full PSF stamp before mixing: a smaller
+    # stamp must not re-weight the inputs (broad PSFs lose more light outside it).
+    _, _, exposures, patch = field
+    psf = coadd(exposures, patch, CoaddConfig(statistic="mean")).exposure.psf
+    x, y = patch.shape[1] / 2, patch.shape[0] / 2
+    full = psf.compute_image(x, y, size=psf.stamp_size)
+    for size in (11, 25):
+        cut = (psf.stamp_size - size) // 2
+        centre = full[cut : cut + size, cut : cut + size]
+        np.testing.assert_allclose(
+            psf.compute_image(x, y, size=size), centre / centre.sum(), rtol=1e-12, atol=1e-15
+        )
+
+
 def test_saved_coadd_psf_reads_back_as_its_samples(field, tmp_path) -> None:
     from stacklab.toolkit.coadd_psf import SampledPsf
     from stacklab.toolkit.io import read_exposure, write_exposure
