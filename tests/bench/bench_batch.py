@@ -114,15 +114,20 @@ def throughput(root: Path, n_tasks: int, seconds: float) -> None:
         "import time\nend = time.process_time() + seconds\nwhile time.process_time() < end:\n"
         "    pass",
     )
-    start = time.perf_counter()
-    papermill.execute_notebook(
-        str(notebook),
-        str(root / "cpu-plain.ipynb"),
-        parameters={"seconds": 0.0},
-        kernel_name="python3",
-        progress_bar=False,
-    )
-    kernel_start = time.perf_counter() - start
+    # The fastest of three (a run can stall for seconds on a busy machine, and a longer
+    # kernel start would only make the ideal easier to approach).
+    starts = []
+    for _ in range(3):
+        start = time.perf_counter()
+        papermill.execute_notebook(
+            str(notebook),
+            str(root / "cpu-plain.ipynb"),
+            parameters={"seconds": 0.0},
+            kernel_name="python3",
+            progress_bar=False,
+        )
+        starts.append(time.perf_counter() - start)
+    kernel_start = min(starts)
     pipeline = parse_pipeline(
         {
             "steps": {
@@ -155,8 +160,8 @@ def throughput(root: Path, n_tasks: int, seconds: float) -> None:
     host_start = statistics.mean(first_by_worker.values()) - typical
     print(f"[2] {n_tasks} tasks x {seconds:g} s CPU on 2 workers")
     print(
-        f"    makespan {makespan:6.1f} s, ideal {ideal:6.1f} s (one papermill run of an empty "
-        f"task: {kernel_start:.2f} s)  ratio {makespan / ideal:.2f}  (goal <= 1.15)"
+        f"    makespan {makespan:6.1f} s, ideal {ideal:6.1f} s (fastest papermill run of an "
+        f"empty task: {kernel_start:.2f} s)  ratio {makespan / ideal:.2f}  (goal <= 1.15)"
     )
     print(
         f"    where it goes: each worker's first task also starts its task host "
