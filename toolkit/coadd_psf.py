@@ -160,9 +160,13 @@ class CoaddPsf:
         Raises
         ------
         ValueError
-            If no input contributed at ``(x, y)`` (the coadd pixel is NO_DATA).
+            If no input contributed at ``(x, y)`` (the coadd pixel is NO_DATA), or
+            ``size`` is not an odd number of at least 3.
         """
         size = self.stamp_size if size is None else int(size)
+        if size < 3 or size % 2 == 0:
+            msg = f"size must be an odd number of pixels >= 3 (centred stamp), got {size}"
+            raise ValueError(msg)
         used = self.inputs_at(x, y)
         if not used:
             msg = f"no input contributed to the coadd at ({x:.1f}, {y:.1f}); it is NO_DATA there"

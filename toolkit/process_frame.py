@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import ctypes.util
 import functools
 import logging
 import sys
@@ -140,7 +139,7 @@ class FrameResult:
         mask planes set (DETECTED, CR, INTRP), PSF attached.
     detections : Detections
         Footprints (as pixel spans) and peaks of the final detection; its
-        exposure is ``exposure`` without the PSF (same arrays).
+        exposure is ``exposure`` (the same object).
     deblended : Deblended
         Parents and children.
     cosmic_rays : CosmicRays or None
@@ -325,7 +324,7 @@ def _malloc_trim() -> Callable[[int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)  # this process's C library (find_library runs ldconfig)
     except OSError:
         return None
     trim = getattr(libc, "malloc_trim", None)

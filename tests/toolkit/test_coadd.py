@@ -491,3 +491,25 @@ def test_cosmic_rays_on_sources_are_rejected(field, statistic) -> None:
         for v, s in zip(others, sources, strict=True)
     )
     assert lost < 0.001 * sum(int(s.sum()) for s in sources)
+
+
+def test_cosmic_rays_are_found_on_inputs_that_still_have_their_sky(field) -> None:
+    # The coadd's cosmic-ray pass must not depend on the sky level left in an input, and
+    # the user is told that artifact rejection wants background-subtracted inputs.
+    from stacklab.toolkit.coadd import _mask_cosmic_rays
+
+    _, sims, exposures, _ = field
+    exp = exposures[1]
+    rng = np.random.default_rng(3)
+    image = exp.image.copy()
+    ys, xs = rng.integers(10, exp.shape[0] - 10, 40), rng.integers(10, exp.shape[1] - 10, 40)
+    image[ys, xs] += np.float32(50.0 * np.sqrt(np.median(exp.variance)))
+    subtracted = exp.replace(image=image)
+    with_sky = exp.replace(image=image + np.float32(np.median(sims[1].sky)))
+    config = CoaddConfig(statistic="compare_warp")
+    found = _mask_cosmic_rays(subtracted, config).plane("CR")
+    with pytest.warns(UserWarning, match="background-subtracted"):
+        masked_with_sky = _mask_cosmic_rays(with_sky, config)
+    assert found[ys, xs].mean() > 0.9
+    np.testing.assert_array_equal(masked_with_sky.plane("CR"), found)
+    np.testing.assert_array_equal(masked_with_sky.image, with_sky.image)  # only the mask

@@ -372,7 +372,8 @@ def _preload_toolkit(spec_path: Path, cache: dict[tuple[str, int], bool]) -> boo
     The package imports its modules on first use; with numpy, scipy, astropy and galsim
     that costs 1.2 s, paid here once instead of in the kernel of every stacklab
     notebook, and not at all by a host that runs no stacklab notebook. Returns whether
-    it imported anything.
+    it tried (an import error is printed to the host's stderr and left to the kernel,
+    whose own import reports it in the notebook).
     """
     if "stacklab.toolkit.process_frame" in sys.modules:
         return False
@@ -382,11 +383,14 @@ def _preload_toolkit(spec_path: Path, cache: dict[tuple[str, int], bool]) -> boo
         return False
     if not _imports_stacklab(str(notebook), cache):
         return False
-    import stacklab.toolkit as toolkit
+    try:
+        import stacklab.toolkit as toolkit
 
-    for name in toolkit.__all__:
-        getattr(toolkit, name)
-    return True
+        for name in toolkit.__all__:
+            getattr(toolkit, name)
+    except Exception:  # e.g. a module saved mid-edit: the kernel's own import reports it
+        traceback.print_exc()
+    return True  # what was imported is watched for changes, failed or not
 
 
 def _module_sources() -> dict[str, int]:
