@@ -187,3 +187,19 @@ def test_tasks_no_longer_planned_become_obsolete(tmp_path, dask_client):
             registry.find_dataset("m.o", i=2)
     args = type("Args", (), {"rundir": str(tmp_path / "run"), "json": True})()
     assert status(args) == 0  # obsolete tasks do not count
+
+
+def test_task_keys_follow_the_stacklab_sources(tmp_path):
+    # An editable install changes code without changing the version: the keys must see it.
+    from stacklab.toolkit.batch.keys import key_versions, sources_sha256
+
+    package = tmp_path / "toolkit"
+    package.mkdir()
+    (package / "step.py").write_text("GAIN = 1.0\n")
+    (package / "notes.txt").write_text("not code")
+    before = sources_sha256([package])
+    (package / "notes.txt").write_text("still not code")
+    assert sources_sha256([package]) == before
+    (package / "step.py").write_text("GAIN = 2.0\n")
+    assert sources_sha256([package]) != before
+    assert len(key_versions()["stacklab_sources"]) == 64

@@ -9,6 +9,7 @@ change results. Equal keys and intact outputs mean the task is up to date.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -55,13 +56,41 @@ def notebook_code_sha256(path: str | os.PathLike[str]) -> str:
     return hashlib.sha256(canonical_json(sources).encode()).hexdigest()
 
 
+def sources_sha256(folders: list[Path]) -> str:
+    """Hash the ``.py`` files under ``folders`` (relative paths and contents, sorted)."""
+    digest = hashlib.sha256()
+    for folder in folders:
+        for path in sorted(folder.rglob("*.py")):
+            digest.update(str(path.relative_to(folder.parent)).encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _stacklab_folders() -> list[Path]:
+    folders = []
+    for package in ("stacklab.toolkit", "stacklab.widgets"):
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.submodule_search_locations:
+            folders.extend(Path(p) for p in spec.submodule_search_locations)
+    return folders
+
+
 def key_versions() -> dict[str, str]:
-    """Versions that enter every task key: stacklab and the Python minor version."""
+    """Versions that enter every task key.
+
+    stacklab's version, a hash of its source files (an editable install changes code
+    without changing its version, and results computed with the old code must not pass
+    for new ones; about 5 ms) and the Python minor version.
+    """
     try:
         stacklab = version("stacklab")
     except PackageNotFoundError:  # running from a source tree that is not installed
         stacklab = "unknown"
-    return {"stacklab": stacklab, "python": ".".join(platform.python_version_tuple()[:2])}
+    return {
+        "stacklab": stacklab,
+        "stacklab_sources": sources_sha256(_stacklab_folders()),
+        "python": ".".join(platform.python_version_tuple()[:2]),
+    }
 
 
 def task_key(
