@@ -67,7 +67,7 @@ def sources_sha256(folders: list[Path]) -> str:
 
 
 def _stacklab_folders() -> list[Path]:
-    folders = []
+    folders: list[Path] = []
     for package in ("stacklab.toolkit", "stacklab.widgets"):
         spec = importlib.util.find_spec(package)
         if spec is not None and spec.submodule_search_locations:
