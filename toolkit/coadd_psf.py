@@ -3,9 +3,10 @@
 At coadd pixel ``(x, y)`` the model is ``sum_i w_i P_i(x, y) / sum_i w_i`` over
 exactly the inputs that contributed to that pixel (the coadd's
 ``contributors`` bit image, so clipped and masked inputs are left out), with
-the same weights ``w_i`` the coadd used. Each ``P_i`` is normalized to unit sum over
-the coadd's PSF stamp (``stamp_size``); a smaller stamp is the centre of that mixture,
-normalized again.
+the same weights ``w_i`` the coadd used. Each ``P_i`` has unit total light: its stamp
+over the coadd's PSF stamp (``stamp_size``) is weighted by the part of its light inside
+(measured once per input on a stamp four times larger), so a mix of seeing keeps its
+true proportions; a smaller stamp is the centre of that mixture, normalized again.
 
 A CoaddPsf is saved with its coadd as a `SampledPsf`: its stamps on a regular grid of
 positions (default every 128 px), interpolated with inverse-distance weights when read
@@ -134,6 +135,10 @@ class CoaddPsf:
     weights: Sequence[float]
     contributors: NDArray[np.int64] = field(repr=False)
     stamp_size: int = 25
+    #: (input, stamp size) -> fraction of that input's PSF light inside the stamp.
+    _light_inside: dict[tuple[int, int], float] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if len(self.psfs) != len(self.weights) or not self.psfs:
@@ -171,20 +176,31 @@ class CoaddPsf:
         if not used:
             msg = f"no input contributed to the coadd at ({x:.1f}, {y:.1f}); it is NO_DATA there"
             raise ValueError(msg)
-        # Each input's PSF is normalized over the full PSF stamp, whatever size is asked
-        # for: normalizing over a smaller cut would give the broader PSFs of a mix of
-        # seeing more than their weight (they lose more light outside it), making the
-        # model broader than the coadd's stars (dT/T -0.2% on 25 px stamps).
+        # The coadd's star is sum_i w_i P_i with each P_i of unit *total* light; a stamp
+        # holds a seeing-dependent part of it (broad PSFs lose more outside). Each input
+        # is therefore weighted by the light its normalized stamp really holds, measured
+        # once on a stamp four times larger, and computed over the full PSF stamp even
+        # when a smaller one is asked for. Without this a mix of seeing gave the broad
+        # PSFs too much weight (dT/T -0.2%, star fluxes +0.2% on 25 px stamps).
         full = max(size, self.stamp_size)
         total = np.zeros((full, full))
-        weight_sum = 0.0
         for i in used:
             stamp = np.asarray(self.psfs[i].compute_image(x, y, size=full), dtype=np.float64)
-            total += self.weights[i] * stamp / stamp.sum()
-            weight_sum += self.weights[i]
+            total += self.weights[i] * self._inside(i, full, x, y) * stamp / stamp.sum()
         cut = (full - size) // 2
-        mixture = total[cut : cut + size, cut : cut + size] / weight_sum
+        mixture = total[cut : cut + size, cut : cut + size]
         return mixture / mixture.sum()
+
+    def _inside(self, i: int, size: int, x: float, y: float) -> float:
+        """Fraction of input ``i``'s PSF light inside a ``size`` stamp (first at ``(x, y)``)."""
+        key = (i, size)
+        if key not in self._light_inside:
+            big = 4 * size + 1
+            stamp = np.asarray(self.psfs[i].compute_image(x, y, size=big), dtype=np.float64)
+            cut = (big - size) // 2
+            inner = stamp[cut : cut + size, cut : cut + size].sum()
+            self._light_inside[key] = float(inner / stamp.sum())
+        return self._light_inside[key]
 
     def moments(self, x: float, y: float) -> tuple[float, float, float]:
         """Adaptive moments ``(T, e1, e2)`` (px²) of the model at ``(x, y)``."""

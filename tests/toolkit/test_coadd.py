@@ -513,3 +513,29 @@ def test_cosmic_rays_are_found_on_inputs_that_still_have_their_sky(field) -> Non
     assert found[ys, xs].mean() > 0.9
     np.testing.assert_array_equal(masked_with_sky.plane("CR"), found)
     np.testing.assert_array_equal(masked_with_sky.image, with_sky.image)  # only the mask
+
+
+class _MoffatPsf:
+    """A PSF model that, like fitted models, returns stamps normalized over the stamp."""
+
+    def __init__(self, fwhm: float) -> None:
+        self.profile = galsim.Moffat(beta=2.5, fwhm=fwhm)
+
+    def compute_image(self, x: float, y: float, size: int = 31) -> np.ndarray:
+        stamp = self.profile.drawImage(nx=size, ny=size, scale=1.0).array.astype(float)
+        return stamp / stamp.sum()
+
+
+def test_coadd_psf_mixes_inputs_of_different_seeing_in_true_proportions() -> None:
+    # Broad PSFs put more light outside any stamp: a mixture of stamp-normalized models
+    # would over-weight them. The mixture must be that of unit-total-light profiles.
+    from stacklab.toolkit.coadd_psf import CoaddPsf
+
+    sharp, broad = _MoffatPsf(2.5), _MoffatPsf(6.0)
+    psf = CoaddPsf([sharp, broad], [1.0, 3.0], np.full((8, 8), 3, dtype=np.int64), 31)
+    truth = galsim.Add([0.25 * sharp.profile, 0.75 * broad.profile])
+    for size in (25, 31):
+        expected = truth.drawImage(nx=size, ny=size, scale=1.0).array
+        np.testing.assert_allclose(
+            psf.compute_image(4, 4, size=size), expected / expected.sum(), rtol=2e-3, atol=1e-7
+        )
