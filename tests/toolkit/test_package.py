@@ -16,7 +16,8 @@ names = (
     callable(tk.process_frame) and not isinstance(tk.process_frame, type(sys)),
     tk.io.read_exposure is tk.read_exposure,  # a submodule not imported before
     tk.FrameResult is FrameResult,
-    sorted(tk.__all__) == sorted(n for n in dir(tk) if n in tk.__all__),
+    set(tk.__all__) == set(tk._MODULE_OF),  # the lazy table and __all__ agree
+    all(getattr(tk, n) is not None for n in tk.__all__),  # and every name resolves
 )
 try:
     tk.no_such_thing
