@@ -82,6 +82,8 @@ log = logging.getLogger(__name__)
 
 Statistic = Literal["mean", "clipped_mean", "median", "safe_clip", "compare_warp"]
 _STATISTICS = ("mean", "clipped_mean", "median", "safe_clip", "compare_warp")
+#: The statistics that reject artifacts by comparing epochs.
+_REJECTING = ("safe_clip", "compare_warp")
 _MAX_INPUTS = 63  # one bit per input in the int64 contributors image
 
 
@@ -292,7 +294,7 @@ def _mask_cosmic_rays(exposure: Exposure, config: CoaddConfig) -> Exposure:
     Only the artifact-rejecting statistics ask for it, and only inputs whose CR plane
     is empty (or absent) are searched: processed exposures keep their own CR masks.
     """
-    if config.statistic not in ("safe_clip", "compare_warp"):
+    if config.statistic not in _REJECTING:
         return exposure
     finite = exposure.image[np.isfinite(exposure.image)]
     level = float(np.median(finite)) if finite.size else 0.0
@@ -429,6 +431,7 @@ def coadd(
     clip_bit = planes.bitmask("CLIPPED")
     det_bits = planes.bitmask("DETECTED", "DETECTED_NEGATIVE")
     safe = config.statistic == "safe_clip"
+    rejecting = config.statistic in _REJECTING
     psf_sigma = 2.0
     target = _target_psf(exposures, config.psf_match) if config.psf_match is not None else None
 
@@ -476,8 +479,9 @@ def coadd(
                 image, variance, mask = matched.image, matched.variance, matched.mask
                 psf = target
                 good = (mask & bad_bits) == 0
-            # Where this warp has data (its PSF is measured there, not extrapolated).
-            position = _covered_position(good)
+            # Where this warp has data (its PSF is measured there, not extrapolated);
+            # only the artifact-rejecting statistics measure it.
+            position = _covered_position(good) if rejecting else None
             if position is not None:
                 position = (position[0] + box[2], position[1] + box[0])
             positions.append(position)
