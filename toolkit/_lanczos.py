@@ -58,22 +58,6 @@ def _tap_table(order: int) -> NDArray[np.float32]:
     return np.asarray(taps / taps.sum(axis=1, keepdims=True), dtype=np.float32)
 
 
-@functools.lru_cache(maxsize=8)
-def _outer_tables(order: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """Tap table rows laid out for the ``(2a)**2`` taps ``(j, i)`` in row-major order.
-
-    The first repeats each tap ``2a`` times (``wy_j``), the second tiles the row
-    ``2a`` times (``wx_i``): the 2D weights are then one gather from each and one
-    contiguous product, much cheaper than a broadcast outer product.
-    """
-    table = _tap_table(order)
-    taps = table.shape[1]
-    return (
-        np.ascontiguousarray(np.repeat(table, taps, axis=1)),
-        np.ascontiguousarray(np.tile(table, (1, taps))),
-    )
-
-
 def _table_index(frac: NDArray[np.float64]) -> NDArray[np.intp]:
     """Row of the tap table nearest ``frac`` in [0, 1)."""
     return np.asarray((frac * _TABLE_STEPS + 0.5).astype(np.intp))

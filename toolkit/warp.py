@@ -24,9 +24,9 @@ whose kernel reaches beyond the sensor get ``SENSOR_EDGE``.
 
 Only the box of the target grid that the input's outline maps into is resampled
 (the rest is ``NO_DATA``), so the work follows the input's area, not the grid's.
-There, each output pixel is one row of a sparse matrix over the input pixels holding
-its ``(2a)**2`` kernel weights (tabulated every 1/16384 px, rows normalized), and the
-sums above are sparse matrix-vector products.
+There, a compiled kernel (`_warp_kernel`, numba) sums each output pixel's ``(2a)**2``
+taps (weights tabulated every 1/16384 px, rows normalized) over the input planes in
+one pass.
 
 The PSF is carried as a :class:`WarpedPsf` (module `warped_psf`): the input model's
 stamp at the matching input position, resampled through the local Jacobian. The kernel
@@ -42,10 +42,10 @@ from typing import Any
 import numpy as np
 from astropy.wcs import WCS
 from numpy.typing import NDArray
-from scipy.sparse import csr_matrix
 
 from ._grid_map import _output_box, _PixelMap
-from ._lanczos import _outer_tables, _table_index, _tap_table
+from ._lanczos import _tap_table
+from ._warp_kernel import _resample_block
 from .exposure import Exposure
 from .mask import MaskPlanes
 from .warped_psf import WarpedPsf
@@ -226,9 +226,8 @@ def _window_reach(special: NDArray[np.bool_], taps: int) -> NDArray[np.bool_]:
 def _warp_box(exposure: Exposure, wcs: WCS, shape: tuple[int, int], config: WarpConfig) -> _WarpBox:
     """Resample ``exposure`` onto the part of ``(wcs, shape)`` it can reach.
 
-    Each output pixel is one row of a sparse matrix holding its ``(2a)**2`` Lanczos
-    weights over the (padded, flattened) input; the image and variance sums are then
-    sparse matrix-vector products in compiled code. Where a kernel touches no bad
+    The input planes are padded once; the compiled kernel then resamples the box in
+    row chunks (positions from the splined mapping). Where a kernel touches no bad
     pixel its usable weight is its full weight, 1; only the pixels whose kernel
     touches a masked or bad pixel or the sensor edge get a tap-by-tap pass for their
     usable weight and mask bits.
@@ -260,51 +259,36 @@ def _warp_box(exposure: Exposure, wcs: WCS, shape: tuple[int, int], config: Warp
     taps = 2 * a
     pad = a + 1
     in_ny, in_nx = exposure.shape
-    width = in_nx + 2 * pad
-    size = (in_ny + 2 * pad) * width
     good_in = (exposure.mask & bad_bits) == 0
     good_in &= np.isfinite(exposure.image) & np.isfinite(exposure.variance)
+    # Remapping commutes with OR-ing bits: translate the input mask once, before the
+    # kernel OR's it into output pixels.
+    in_mask = (
+        exposure.mask_planes.remap(exposure.mask, planes)
+        if planes != exposure.mask_planes
+        else exposure.mask
+    )
 
     def padded(values: NDArray[Any] | bool, dtype: Any) -> NDArray[Any]:
-        out = np.zeros((in_ny + 2 * pad, width), dtype=dtype)
+        out = np.zeros((in_ny + 2 * pad, in_nx + 2 * pad), dtype=dtype)
         out[pad:-pad, pad:-pad] = values
-        return out.ravel()
+        return out
 
     # Bad pixels are zeroed in the image and variance and flagged 0 in the usable
     # plane, so each sum leaves them out and the usable sum renormalizes.
     image_p = padded(np.where(good_in, exposure.image, 0.0), np.float32)
     var_p = padded(np.where(good_in, exposure.variance, 0.0), np.float32)
     good_p = padded(good_in, np.float32)
-    mask_p = padded(exposure.mask, np.int32)
-    inside_p = padded(True, bool)
+    mask_p = padded(in_mask, np.int32)
     # Kernels whose window touches a masked or bad pixel or the padding need the
     # tap-by-tap pass; indexed by the window's first row and column.
-    special_in = ((mask_p != 0) | (good_p == 0)).reshape(-1, width)
-    reach = _window_reach(special_in, taps)
-    del special_in
-    start_offset = pad - a + 1  # window start = floor(position) + this, in padded pixels
-    index_dtype = np.int32 if size < 2**31 - 1 else np.int64
-    grid = np.arange(taps)[:, None] * width + np.arange(taps)[None, :]
-    tap_offsets: NDArray[np.integer] = grid.ravel().astype(index_dtype)
-    remap = planes != exposure.mask_planes
-    threshold = config.mask_weight_threshold
+    reach = _window_reach((mask_p != 0) | (good_p == 0), taps)
 
     out_image = np.zeros((bny, bnx), dtype=np.float32)
     out_var = np.full((bny, bnx), np.inf, dtype=np.float32)
     out_mask = np.full((bny, bnx), no_data_bit, dtype=np.int32)
     sum_corr, sum_var = 0.0, 0.0
     table = _tap_table(a)
-    repeated, tiled = _outer_tables(a)
-    n_taps = taps * taps
-    # Kernel weights and input indices, (m, taps**2) row-major, in buffers sized once
-    # for the largest chunk and reused (growing them chunk by chunk cost page faults
-    # and re-tiling the offsets every time).
-    capacity = min(config.chunk_rows, bny) * bnx * n_taps
-    weight_buffer = np.empty(capacity, dtype=np.float32)
-    other_buffer = np.empty(capacity, dtype=np.float32)
-    offsets_tiled = np.tile(tap_offsets, capacity // n_taps)
-    reach_width = reach.shape[1]
-    reach_flat = reach.ravel()
     for r0 in range(0, bny, config.chunk_rows):
         r1 = min(r0 + config.chunk_rows, bny)
         c0, c1 = 0, bnx
@@ -316,67 +300,17 @@ def _warp_box(exposure: Exposure, wcs: WCS, shape: tuple[int, int], config: Warp
             c1 = min(bnx, int(np.ceil(reached[1])) + 1 - bx0)
             if c1 <= c0:
                 continue
-        xin, yin, det = (v.ravel() for v in pixel_map.rows(r0, r1, c0, c1))
-        inside = (xin >= -0.5) & (xin <= in_nx - 0.5) & (yin >= -0.5) & (yin <= in_ny - 0.5)
-        sel = np.flatnonzero(inside)
-        if sel.size == 0:
-            continue
-        xs, ys = xin[sel], yin[sel]
-        ix, iy = np.floor(xs).astype(np.int64), np.floor(ys).astype(np.int64)
-        qx, qy = _table_index(xs - ix), _table_index(ys - iy)
-        starts: NDArray[np.integer] = ((iy + start_offset) * width + (ix + start_offset)).astype(
-            index_dtype
-        )
-        m = sel.size
-        weights = weight_buffer[: m * n_taps].reshape(m, n_taps)
-        other = other_buffer[: m * n_taps].reshape(m, n_taps)
-        np.take(repeated, qy, axis=0, out=weights, mode="clip")
-        np.take(tiled, qx, axis=0, out=other, mode="clip")
-        np.multiply(weights, other, out=weights)
-        # Flat repeat plus tiled offsets: faster than a broadcast add with 36-long rows.
-        indices = np.repeat(starts, n_taps)
-        indices += offsets_tiled[: m * n_taps]
-        indptr = np.arange(0, m * n_taps + 1, n_taps, dtype=index_dtype)
-        kernel = csr_matrix((weights.ravel(), indices, indptr), shape=(m, size))
-        acc_i = kernel @ image_p
-        acc_wv = kernel @ var_p
-        np.multiply(weights, weights, out=other)
-        squared = csr_matrix((other.ravel(), indices, indptr), shape=(m, size))
-        acc_v = squared @ var_p
-        del kernel, squared
-        acc_w = np.ones(m, dtype=np.float32)
-        mask = np.zeros(m, dtype=np.int32)
-        special = np.flatnonzero(
-            np.take(reach_flat, (iy + start_offset) * reach_width + (ix + start_offset))
-        )
-        if special.size:
-            acc_w[special], mask[special] = _tap_pass(
-                np.take(table, qx[special], axis=0), np.take(table, qy[special], axis=0),
-                starts[special], tap_offsets, good_p, mask_p, inside_p, threshold, edge_bit,
-            )  # fmt: skip
-        det_s = np.take(det, sel)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            value = acc_i / acc_w * det_s
-            variance = acc_v / acc_w**2 * det_s**2
-        usable = (acc_w >= config.min_good_weight) & np.isfinite(value)
-        if remap:
-            edge = (mask & edge_bit) != 0
-            mask = exposure.mask_planes.remap(mask & ~edge_bit, planes)
-            mask[edge] |= edge_bit
-        mask[~usable] |= no_data_bit
-        # The selected pixels of the chunk's block, in the same (row-major) order.
-        block = (slice(r0, r1), slice(c0, c1))
-        where = inside.reshape(r1 - r0, c1 - c0)
-        out_image[block][where] = np.where(usable, value, np.float32(0.0))
-        out_var[block][where] = np.where(usable, variance, np.float32(np.inf))
-        out_mask[block][where] = mask
+        xin, yin, det = pixel_map.rows(r0, r1, c0, c1)
         # Noise of a large sum: det * (input variance) per output pixel, against the
-        # per-pixel variance the plane holds.
-        clean = usable & (acc_w > 0.999)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            mean_var = acc_wv / acc_w * det_s
-        sum_corr += float(np.sum(mean_var[clean], dtype=np.float64))
-        sum_var += float(np.sum(variance[clean], dtype=np.float64))
+        # per-pixel variance the plane holds (summed over pixels with full weight).
+        chunk_corr, chunk_var = _resample_block(
+            xin, yin, det, r0, c0, image_p, var_p, good_p, mask_p, reach, table,
+            (in_ny, in_nx), pad, np.float32(config.mask_weight_threshold),
+            np.float32(config.min_good_weight), edge_bit, no_data_bit,
+            out_image, out_var, out_mask,
+        )  # fmt: skip
+        sum_corr += chunk_corr
+        sum_var += chunk_var
     n_good = int(np.sum((out_mask & no_data_bit) == 0))
     if n_good == 0:
         _raise_no_overlap(exposure, shape)
@@ -394,43 +328,6 @@ def _warp_box(exposure: Exposure, wcs: WCS, shape: tuple[int, int], config: Warp
         (by0, by1, bx0, bx1), out_image, out_var, out_mask, planes, float(covariance_factor),
         n_good, psf,
     )  # fmt: skip
-
-
-def _tap_pass(
-    wx: NDArray[np.float32],
-    wy: NDArray[np.float32],
-    starts: NDArray[np.integer],
-    tap_offsets: NDArray[np.integer],
-    good_p: NDArray[np.float32],
-    mask_p: NDArray[np.int32],
-    inside_p: NDArray[np.bool_],
-    threshold: float,
-    edge_bit: np.int32,
-) -> tuple[NDArray[np.float32], NDArray[np.int32]]:
-    """Usable kernel weight, and the OR of the mask bits under taps heavier than ``threshold``.
-
-    ``edge_bit`` is set where such a tap is off the sensor.
-    """
-    taps = wx.shape[1]
-    weight = np.zeros(len(starts), dtype=np.float32)
-    mask = np.zeros(len(starts), dtype=np.int32)
-    off_sensor = np.zeros(len(starts), dtype=bool)
-    # Lanczos lobes beyond |t| = 2 stay below ~0.03, so outer taps rarely pass the
-    # threshold: test each tap row/column once.
-    wx_max = np.abs(wx).max(axis=0)
-    wy_max = np.abs(wy).max(axis=0)
-    for j in range(taps):
-        for i in range(taps):
-            w = wy[:, j] * wx[:, i]
-            index = starts + tap_offsets[j * taps + i]
-            weight += w * good_p[index]
-            if wy_max[j] * wx_max[i] <= threshold:
-                continue
-            strong = np.abs(w) > threshold
-            mask |= np.where(strong, mask_p[index], 0)
-            off_sensor |= strong & ~inside_p[index]
-    mask[off_sensor] |= edge_bit
-    return weight, mask
 
 
 def _raise_no_overlap(exposure: Exposure, shape: tuple[int, int]) -> None:
