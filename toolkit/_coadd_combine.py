@@ -1,7 +1,8 @@
 """Combining the stacked warps of a coadd into its rows: weighted mean or clipped statistics.
 
 `_assemble` walks the patch in row chunks. The weighted mean adds one input's box at a
-time (memory independent of the number of inputs); the clipping statistics read a chunk
+time (memory independent of the number of inputs; one compiled pass per box,
+`_combine_kernel`); the clipping statistics read a chunk
 of the stack (at most ``2**21`` values). Each chunk's mask is the OR of the used inputs'
 masks, with planes propagated by weight fraction, and CLIPPED, INEXACT_PSF and NO_DATA set.
 """
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
+from ._combine_kernel import _add_to_mean
 from .coadd_stack import _chunk_rows, _combine, _DiskStack, _read_chunk
 from .mask import MaskPlanes
 
@@ -117,11 +119,12 @@ def _assemble_mean_chunk(
     shape = (y1 - y0, stack.shape[1])
     no_data_bit = planes.bitmask("NO_DATA")
     thresholds = _propagated_bits(planes, config)
+    propagated = np.array(list(thresholds), dtype=np.int32)
     wsum = np.zeros(shape)
     wdata = np.zeros(shape)
     w2var = np.zeros(shape)
     wsum_data = np.zeros(shape)
-    wsum_planes = {bit: np.zeros(shape) for bit in thresholds}
+    wsum_stack = np.zeros((len(propagated), *shape))
     mask = np.zeros(shape, dtype=np.int32)
     count = np.zeros(shape, dtype=np.int16)
     bits = np.zeros(shape, dtype=np.int64)
@@ -135,26 +138,12 @@ def _assemble_mean_chunk(
         data, at = found
         var = stack.segment("variance", i, y0, y1)[0]  # type: ignore[index]
         m = stack.segment("mask", i, y0, y1)[0]  # type: ignore[index]
-        # A float64 scalar: float32 planes times it are summed in float64.
-        w = np.float64(weights[i])
-        has_data = (m & np.int32(no_data_bit)) == 0
-        used = ((m & np.int32(combine_bad)) == 0) & np.isfinite(data) & np.isfinite(var)
-        # In-place sums restricted to the used pixels (``where=``): no masked copies.
-        np.add(wsum[at], w, out=wsum[at], where=used)
-        with np.errstate(invalid="ignore", over="ignore"):
-            np.add(wdata[at], data * w, out=wdata[at], where=used)
-            np.add(w2var[at], var * (w * w), out=w2var[at], where=used)
-        np.bitwise_or(mask[at], m, out=mask[at], where=used)
-        count[at] += used
-        np.bitwise_or(bits[at], np.int64(1) << np.int64(i), out=bits[at], where=used)
-        np.add(wsum_data[at], w, out=wsum_data[at], where=has_data)
-        for bit, total in wsum_planes.items():
-            hit = (m & np.int32(bit)) != 0
-            if hit.any():
-                total[at] += (has_data & hit) * w
-        rejected = has_data & ~used
-        if rejected.any():
-            clipped_here[at] |= rejected & ((m & bad_but_no_data) == 0)
+        _add_to_mean(
+            data, var, m, at[0].start, at[1].start, float(weights[i]), np.int64(1) << np.int64(i),
+            np.int32(combine_bad), np.int32(no_data_bit), bad_but_no_data, propagated,
+            wsum, wdata, w2var, wsum_data, wsum_stack, mask, count, bits, clipped_here,
+        )  # fmt: skip
+    wsum_planes = dict(zip(thresholds, wsum_stack, strict=True))
     any_used = count > 0
     with np.errstate(invalid="ignore", divide="ignore"):
         value = wdata / wsum
