@@ -49,6 +49,10 @@ def test_completeness_and_purity_against_truth(scene) -> None:
     alltruth = cKDTree(np.c_[sim.truth["x"], sim.truth["y"]])
     d2, _ = alltruth.query(np.c_[det.peaks["x"], det.peaks["y"]])
     assert np.mean(d2 < 3.0) > 0.95
+    # Peaks of the symmetry search are objects hidden on brighter ones' slopes.
+    hidden = np.asarray(det.peaks["residual"])
+    assert hidden.sum() >= 2
+    assert np.all(d2[hidden] < 2.0)
 
 
 def test_detected_plane_and_footprint_spans(scene) -> None:
@@ -164,6 +168,8 @@ def test_config_validation() -> None:
         DetectionConfig(polarity="negative")
     with pytest.raises(ValueError, match="peak_smoothing_fraction"):
         DetectionConfig(peak_smoothing_fraction=0.0)
+    with pytest.raises(ValueError, match="symmetry_tolerance"):
+        DetectionConfig(symmetry_tolerance=-0.1)
     with pytest.raises(ValueError, match="max_children"):
         DeblendConfig(max_children=1)
 
@@ -271,3 +277,81 @@ def test_coadd_psf_undefined_at_the_centre_is_taken_where_there_is_data(caplog) 
     found = cKDTree(np.column_stack([detections.peaks["x"], detections.peaks["y"]]))
     distances, _ = found.query(stars)
     assert np.all(distances <= np.sqrt(0.5))  # peaks are pixels: the nearest one
+
+
+def _slope_scene(
+    seed: int,
+    faint_flux: float,
+    *,
+    fwhm: float = 4.0,
+    separation: float = 8.0,
+    extra: galsim.GSObject | None = None,
+) -> tuple[Exposure, tuple[float, float]]:
+    """A bright Moffat star, a faint one ``separation`` px away, sky and photon noise.
+
+    Returns the exposure and the faint star's 0-based position.
+    """
+    size = 96
+    psf = galsim.Moffat(beta=3.5, fwhm=fwhm)
+    image = galsim.ImageD(size, size, scale=1.0)
+    centre = size / 2 + 0.5
+    psf.withFlux(3e4).drawImage(image, center=(centre, centre), add_to_image=True)
+    fx, fy = centre + separation * np.cos(0.7), centre + separation * np.sin(0.7)
+    if faint_flux:
+        psf.withFlux(faint_flux).drawImage(image, center=(fx, fy), add_to_image=True)
+    if extra is not None:
+        galsim.Convolve(extra, psf).drawImage(image, center=(20.5, 70.5), add_to_image=True)
+    variance = 25.0 + image.array  # sky and the sources' photon noise (gain 1)
+    rng = np.random.default_rng(seed)
+    pixels = image.array + rng.normal(0.0, 1.0, image.array.shape) * np.sqrt(variance)
+    stamp = psf.drawImage(nx=31, ny=31, scale=1.0).array
+    from stacklab.toolkit import PsfModel
+
+    psf_model = PsfModel(stamp[None] / stamp.sum())
+    return Exposure(pixels, variance=variance, psf=psf_model), (fx - 1.0, fy - 1.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_symmetry_search_finds_a_star_hidden_on_a_brighter_ones_slope(seed: int) -> None:
+    # S/N ~ 35 star two FWHM from one 20 times brighter: no local maximum of S.
+    exposure, (fx, fy) = _slope_scene(seed, 1500.0)
+    assert len(detect_sources(exposure, DetectionConfig(symmetry_peaks=False)).peaks) == 1
+    det = detect_sources(exposure)
+    assert len(det.peaks) == 2
+    hidden = det.peaks[det.peaks["residual"]]
+    assert len(hidden) == 1
+    assert np.hypot(hidden["x"][0] - fx, hidden["y"][0] - fy) < 2.5
+    # The deblended child is measured where the star is.
+    from stacklab.toolkit import measure_sources
+
+    catalog = measure_sources(exposure, deblend_sources(exposure, det)).catalog
+    children = catalog[catalog["n_children"] == 0]
+    assert len(children) == 2
+    assert np.min(np.hypot(children["x"] - fx, children["y"] - fy)) < 1.5
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_symmetry_search_adds_nothing_to_symmetric_sources(seed: int) -> None:
+    # A bright star, and an inclined exponential disk: point-symmetric light only.
+    disk = galsim.Exponential(half_light_radius=3.0).shear(e1=0.3, e2=0.2).withFlux(2e4)
+    exposure, _ = _slope_scene(seed, 0.0, extra=disk)
+    assert not np.any(detect_sources(exposure).peaks["residual"])
+    # Two equal overlapping stars: the light between them is both peaks' wings.
+    pair, _ = _slope_scene(seed, 3e4, separation=7.0)
+    det = detect_sources(pair)
+    assert not np.any(det.peaks["residual"])
+
+
+def test_symmetry_search_skips_undersampled_and_saturated_footprints() -> None:
+    # FWHM 2 px: bilinear mirror images are too coarse, so there is no search.
+    exposure, _ = _slope_scene(0, 1500.0, fwhm=2.0, separation=5.0)
+    assert not np.any(detect_sources(exposure).peaks["residual"])
+    # A saturated core with a bleed trail is not point-symmetric: its footprint is skipped.
+    exposure, _ = _slope_scene(0, 1500.0)
+    saturated = np.zeros(exposure.shape, dtype=bool)
+    saturated[46:49, 46:49] = True
+    saturated[49:60, 47] = True
+    exposure.set_plane("SAT", saturated)
+    det = detect_sources(exposure)
+    assert not np.any(det.peaks["residual"])
+    assert len(det.peaks) == 1

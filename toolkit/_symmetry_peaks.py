@@ -1,0 +1,240 @@
+"""Peaks hidden on a brighter source's slope: the mirror-symmetry residual.
+
+A faint source on the slope of a brighter one often makes no local maximum in the
+significance image ``S``: the slope swallows it. A point source's ``S`` is
+point-symmetric about its centre (the PSF and the smoothing kernel are, up to small
+asymmetries), so light that no peak's mirror image explains belongs to something
+else. This is the symmetric template of the SDSS deblender (Lupton's "photo"), used
+to find peaks rather than to share flux.
+
+Each peak ``c`` of a footprint (centred to sub-pixel precision) explains
+``T_c(p) = min(S(p), S(2c - p))`` at a pixel ``p`` of the footprint (``S`` interpolated
+bilinearly; a mirror image below one noise unit explains nothing). The residual
+``S(p) - sum_c T_c(p)`` is compared with its noise,
+``sqrt(1 + n + sum_c (2 e_c |grad S(2c - p)|)**2 + (tolerance * sum_c T_c)**2)``:
+the unit noise of ``S(p)`` and of the ``n`` mirror images used, the shift of each
+mirror image by twice the error ``e_c`` of its peak's centre, and the asymmetry of
+real PSFs, a fraction ``tolerance`` of the explained signal. Summing the templates,
+rather than taking the best single one, keeps the light between two overlapping
+sources, which each one's mirror explains only in part, from looking like a third.
+Pixels at least ``min_separation`` from every peak whose residual reaches
+``threshold`` times its noise form candidate regions (8-connected); each region
+gives one new peak. Footprints with excluded pixels (saturated stars, no data) are
+not searched, nor pixels whose mirror image leaves the image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+# Rows per strip: the pixel lists of a strip stay small whatever the image size.
+_STRIP_ROWS = 256
+# Error of a peak's centre from a parabola through three samples of S (px), for
+# S at least as wide as a well-sampled PSF's.
+_CENTRE_ERROR_PX = 0.1
+
+
+def _subpixel_centres(
+    significance: NDArray[np.float32], py: NDArray[np.intp], px: NDArray[np.intp]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Peak centres refined by a parabola through each peak and its two neighbours per axis.
+
+    Offsets are limited to half a pixel (a flat or saddle-shaped top gives none).
+    """
+    ny, nx = significance.shape
+
+    def offset(
+        lower: NDArray[np.float64], mid: NDArray[np.float64], upper: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        curvature = lower - 2.0 * mid + upper
+        with np.errstate(divide="ignore", invalid="ignore"):
+            step = np.where(curvature < 0, 0.5 * (lower - upper) / curvature, 0.0)
+        return np.asarray(np.clip(np.nan_to_num(step), -0.5, 0.5))
+
+    mid = significance[py, px].astype(np.float64)
+    dx = offset(
+        significance[py, np.maximum(px - 1, 0)].astype(np.float64),
+        mid,
+        significance[py, np.minimum(px + 1, nx - 1)].astype(np.float64),
+    )
+    dy = offset(
+        significance[np.maximum(py - 1, 0), px].astype(np.float64),
+        mid,
+        significance[np.minimum(py + 1, ny - 1), px].astype(np.float64),
+    )
+    return py + dy, px + dx
+
+
+def _bilinear(
+    image: NDArray[np.float32], y: NDArray[np.float64], x: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``image`` and the length of its gradient, interpolated bilinearly at ``(y, x)``.
+
+    All positions must lie inside ``[0, n - 1]`` on both axes.
+    """
+    ny, nx = image.shape
+    y0 = np.minimum(np.floor(y).astype(np.intp), ny - 2)
+    x0 = np.minimum(np.floor(x).astype(np.intp), nx - 2)
+    fy, fx = y - y0, x - x0
+    s00, s01 = image[y0, x0].astype(np.float64), image[y0, x0 + 1].astype(np.float64)
+    s10, s11 = image[y0 + 1, x0].astype(np.float64), image[y0 + 1, x0 + 1].astype(np.float64)
+    top = s00 * (1.0 - fx) + s01 * fx
+    bottom = s10 * (1.0 - fx) + s11 * fx
+    gx = (s01 - s00) * (1.0 - fy) + (s11 - s10) * fy
+    return top * (1.0 - fy) + bottom * fy, np.hypot(gx, bottom - top)
+
+
+def _symmetry_peaks(
+    significance: NDArray[np.float32],
+    labels: NDArray[np.integer],
+    n_footprints: int,
+    py: NDArray[np.intp],
+    px: NDArray[np.intp],
+    owner: NDArray[np.integer],
+    excluded: NDArray[np.bool_],
+    threshold: float,
+    tolerance: float,
+    min_separation: float,
+    sigma_px: float,
+) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """Return new peaks found in the mirror-symmetry residual of the existing ones.
+
+    Parameters
+    ----------
+    significance : ndarray of float32
+        The image peaks are found in (noise units).
+    labels : ndarray of int
+        Footprint label of every pixel (0 outside footprints).
+    n_footprints : int
+        Number of footprints (the largest label).
+    py, px : ndarray of int
+        The existing peaks (pixels).
+    owner : ndarray of int
+        Footprint of each existing peak.
+    excluded : ndarray of bool
+        Pixels that neither become peaks nor serve as mirror images (no data,
+        saturated stars). A footprint with any excluded pixel is not searched:
+        a saturated star's clipped core and bleed trail are not symmetric.
+    threshold : float
+        Residual needed, in units of its noise.
+    tolerance : float
+        Asymmetry of a point source allowed, as a fraction of the mirrored signal.
+    min_separation : float
+        Smallest distance of a new peak from an existing one (pixels).
+    sigma_px : float
+        Gaussian sigma of the PSF (pixels).
+
+    Returns
+    -------
+    ys, xs : ndarray of int
+        The new peaks, one per connected region of residual, where the residual
+        is largest.
+    """
+    none = (np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp))
+    if len(py) == 0:
+        return none
+    ny, nx = significance.shape
+    cy, cx = _subpixel_centres(significance, py, px)
+    # Squared error of each centre along one axis (px²): the parabola's own, plus
+    # the noise's, sqrt(2) sigma / (S/N) for a point source of S/N S.
+    peak_value = np.maximum(significance[py, px].astype(np.float64), 1.0)
+    centre_error2 = _CENTRE_ERROR_PX**2 + 2.0 * (sigma_px / peak_value) ** 2
+    # The existing peaks grouped by footprint (CSR): peaks of footprint f are
+    # by_owner[start[f]:start[f + 1]].
+    by_owner = np.argsort(owner, kind="stable")
+    start = np.searchsorted(owner[by_owner], np.arange(n_footprints + 2))
+    searched = np.ones(n_footprints + 1, dtype=bool)
+    searched[0] = False
+    for y_start in range(0, ny, _STRIP_ROWS):
+        rows = slice(y_start, y_start + _STRIP_ROWS)
+        searched[labels[rows][excluded[rows]]] = False
+    # A source worth finding reaches sqrt(2) threshold on its own: the residual's
+    # noise is at least sqrt(2).
+    floor = np.float32(np.sqrt(2.0) * threshold)
+    found_y: list[NDArray[np.intp]] = []
+    found_x: list[NDArray[np.intp]] = []
+    found_z: list[NDArray[np.float64]] = []
+    for y_start in range(0, ny, _STRIP_ROWS):
+        rows = slice(y_start, y_start + _STRIP_ROWS)
+        strip_labels = labels[rows]
+        where = significance[rows] >= floor
+        where &= strip_labels > 0
+        ys, xs = np.nonzero(where)
+        lab = strip_labels[ys, xs].astype(np.intp)
+        inside_searched = searched[lab]
+        ys, xs, lab = ys[inside_searched], xs[inside_searched], lab[inside_searched]
+        if len(ys) == 0:
+            continue
+        ys = ys + y_start
+        count = start[lab + 1] - start[lab]
+        pixels = np.flatnonzero(count > 0)
+        if len(pixels) == 0:
+            continue
+        count = count[pixels]
+        # One row per (pixel, peak of its footprint) pair.
+        pixel = np.repeat(pixels, count)
+        first = np.repeat(np.cumsum(count) - count, count)
+        peak = by_owner[np.repeat(start[lab[pixels]], count) + np.arange(len(pixel)) - first]
+        py_pair, px_pair = ys[pixel], xs[pixel]
+        my = 2.0 * cy[peak] - py_pair
+        mx = 2.0 * cx[peak] - px_pair
+        distance2 = (cy[peak] - py_pair) ** 2 + (cx[peak] - px_pair) ** 2
+        inside = (my >= 0) & (my <= ny - 1) & (mx >= 0) & (mx <= nx - 1)
+        pair_value = significance[py_pair, px_pair].astype(np.float64)
+        mirrored = np.full(len(pixel), np.inf)
+        slope = np.zeros(len(pixel))
+        mirrored[inside], slope[inside] = _bilinear(significance, my[inside], mx[inside])
+        blocked = ~inside
+        blocked[inside] = excluded[
+            np.rint(my[inside]).astype(np.intp), np.rint(mx[inside]).astype(np.intp)
+        ]
+        # Mirror images below one noise unit would add noise and explain nothing.
+        used = ~blocked & (mirrored >= 1.0)
+        template = np.where(used, np.minimum(pair_value, mirrored), 0.0)
+        # An error e in a peak's centre moves its mirror image by 2e: on a slope
+        # that changes the template by 2 e |grad S|.
+        shift_noise = np.where(used, 2.0 * slope, 0.0) ** 2 * centre_error2[peak]
+        # Sums over each pixel's peaks (pairs are grouped by pixel).
+        bounds = np.cumsum(count) - count
+        explained = np.add.reduceat(template, bounds)
+        n_used = np.add.reduceat(used.astype(np.int64), bounds)
+        shift_var = np.add.reduceat(shift_noise, bounds)
+        any_blocked = np.logical_or.reduceat(blocked, bounds)
+        near = np.minimum.reduceat(distance2, bounds) < min_separation**2
+        value = significance[ys[pixels], xs[pixels]].astype(np.float64)
+        noise = np.sqrt(1.0 + n_used + shift_var + (tolerance * explained) ** 2)
+        excess = value - explained
+        keep = (excess >= threshold * noise) & ~any_blocked & ~near
+        found_y.append(ys[pixels[keep]])
+        found_x.append(xs[pixels[keep]])
+        found_z.append(excess[keep])
+    if not found_y:
+        return none
+    ys, xs, z = np.concatenate(found_y), np.concatenate(found_x), np.concatenate(found_z)
+    if len(ys) == 0:
+        return none
+    # 8-connected regions of candidate pixels, found by looking up each neighbour.
+    key = ys.astype(np.int64) * nx + xs
+    order = np.argsort(key)
+    ys, xs, z, key = ys[order], xs[order], z[order], key[order]
+    rows_i, cols_i = [], []
+    for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):
+        yn, xn = ys + dy, xs + dx
+        valid = (yn < ny) & (xn >= 0) & (xn < nx)
+        target = yn.astype(np.int64) * nx + xn
+        at = np.minimum(np.searchsorted(key, target), len(key) - 1)
+        hit = valid & (key[at] == target)
+        rows_i.append(np.flatnonzero(hit))
+        cols_i.append(at[hit])
+    r, c = np.concatenate(rows_i), np.concatenate(cols_i)
+    graph = coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(len(ys), len(ys)))
+    _, region = connected_components(graph, directed=False)
+    # Each region's peak is where the excess itself is largest (not its ratio to
+    # the noise, which grows towards the brighter source).
+    best = np.lexsort((-z, region))
+    first_of_region = np.r_[True, region[best][1:] != region[best][:-1]]
+    chosen = best[first_of_region]
+    return ys[chosen].astype(np.intp), xs[chosen].astype(np.intp)
