@@ -41,6 +41,7 @@ pytest: install
 test: lint typecheck pytest
 
 bench: install
+	$(BIN)/python -m pip install -q -e ".[dev,bench]"
 	$(BIN)/python tests/bench/run_all.py
 
 lab: install
