@@ -228,6 +228,12 @@ def measure_sources(
     pending: dict[tuple[int, int], list[_FitInput]] = {}
     # Plain lists: indexing a Table column per source costs more than the maths.
     peak_xs, peak_ys = src["peak_x"].tolist(), src["peak_y"].tolist()
+    if "template_x" in src.colnames:
+        # A child's stamp is centred where the deblender centred its template: a peak
+        # found on a brighter source's slope can sit 2 px from the source, and the
+        # centroid may not move that far from the stamp centre.
+        peak_xs = np.floor(np.asarray(src["template_x"], dtype=float) + 0.5).astype(int).tolist()
+        peak_ys = np.floor(np.asarray(src["template_y"], dtype=float) + 0.5).astype(int).tolist()
     parents, n_children = src["parent"].tolist(), src["n_children"].tolist()
     skipped = src["deblend_skipped"].tolist()
     for k in range(n):

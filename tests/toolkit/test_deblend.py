@@ -1,0 +1,75 @@
+"""Deblending against truth: children's fluxes of blended stars, and the templates."""
+
+from __future__ import annotations
+
+import galsim
+import numpy as np
+import pytest
+
+from stacklab.toolkit import Exposure, PsfModel, deblend_sources, detect_sources, measure_sources
+from stacklab.toolkit.deblend import DeblendConfig, _template
+
+
+def _pair(
+    seed: int, *, flux_a: float, flux_b: float, offset: tuple[float, float], fwhm: float = 4.0
+) -> tuple[Exposure, np.ndarray]:
+    """Two Moffat stars, neither centred on a pixel, with sky and photon noise.
+
+    Returns the exposure and the stars' 0-based positions ``[[x_a, y_a], [x_b, y_b]]``.
+    """
+    size = 80
+    psf = galsim.Moffat(beta=3.5, fwhm=fwhm)
+    image = galsim.ImageD(size, size, scale=1.0)
+    a = np.array([39.4, 40.6])  # 0-based; galsim's pixel centres are 1-based
+    b = a + np.asarray(offset)
+    for flux, (x, y) in ((flux_a, a), (flux_b, b)):
+        psf.withFlux(flux).drawImage(image, center=(x + 1.0, y + 1.0), add_to_image=True)
+    variance = 25.0 + image.array  # sky and the stars' photon noise (gain 1)
+    rng = np.random.default_rng(seed)
+    pixels = image.array + rng.normal(0.0, 1.0, image.array.shape) * np.sqrt(variance)
+    stamp = psf.drawImage(nx=31, ny=31, scale=1.0).array
+    exposure = Exposure(pixels, variance=variance, psf=PsfModel(stamp[None] / stamp.sum()))
+    return exposure, np.array([a, b])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_blended_pair_children_get_their_true_fluxes(seed: int) -> None:
+    # 2e4 and 5e3 ADU stars 1.6 FWHM apart, centred off the pixel grid. Templates
+    # centred on the peaks' pixels (the fainter peak found ~2 px off by the symmetry
+    # search) left the faint child 34-45% of its PSF flux and the bright one +6%.
+    exposure, truth = _pair(seed, flux_a=2e4, flux_b=5e3, offset=(5.3, -3.6))
+    blend = deblend_sources(exposure, detect_sources(exposure))
+    children = blend.sources["parent"] > 0
+    assert children.sum() == 2
+    # Flux conservation: the children share the parent's flux exactly.
+    parent = blend.sources[blend.sources["n_children"] > 0]
+    assert np.sum(blend.sources["flux_footprint"][children]) == pytest.approx(
+        parent["flux_footprint"][0], rel=1e-5
+    )
+    catalog = measure_sources(exposure, blend).catalog
+    kids = catalog[catalog["parent"] > 0]
+    for (x, y), flux in zip(truth, (2e4, 5e3), strict=True):
+        k = int(np.argmin(np.hypot(kids["x"] - x, kids["y"] - y)))
+        assert np.hypot(kids["x"][k] - x, kids["y"][k] - y) < 0.5
+        # The faint child still comes out 5-8% low for these seeds (its template keeps
+        # some of the bright star's slope, so the fit scales it down).
+        assert kids["flux_psf"][k] == pytest.approx(flux, rel=0.03 if flux > 1e4 else 0.1)
+
+
+@pytest.mark.parametrize(("cx", "cy"), [(20.0, 20.0), (20.5, 20.0), (20.5, 20.5), (3.5, 36.5)])
+def test_template_of_a_symmetric_source_is_the_source_on_the_half_pixel_grid(
+    cx: float, cy: float
+) -> None:
+    # A centre on a pixel edge mirrors pixels onto pixels: nothing of the source is cut.
+    yy, xx = np.mgrid[0:40, 0:40]
+    image = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 8.0)
+    window, template = _template(image, int(2 * cx), int(2 * cy), 10)
+    np.testing.assert_allclose(template, image[window], rtol=0, atol=1e-15)
+    # The window is symmetric about the centre.
+    assert window[1].start + window[1].stop - 1 == int(2 * cx)
+    assert window[0].start + window[0].stop - 1 == int(2 * cy)
+
+
+def test_recentre_iterations_is_validated() -> None:
+    with pytest.raises(ValueError, match="recentre_iterations"):
+        DeblendConfig(recentre_iterations=-1)
