@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from inspect_data import small_frame
+from scipy.spatial import cKDTree
 
 from stacklab.toolkit import CoaddPsf, SourceFlag, WarpedPsf
 from stacklab.toolkit.inspect_psf import (
@@ -98,10 +99,19 @@ def test_star_shapes_agree_with_the_psf_fit(frame):
     shapes = star_shapes(frame.exposure, stars["x"], stars["y"], psf=frame.psf)
     ok = np.isfinite(stars["T"])
     np.testing.assert_allclose(shapes["model_T"][ok], stars["model_T"][ok], rtol=1e-6)
-    # the fit also masks neighbouring footprints, which star_shapes does not know
     ratio = np.asarray(shapes["T"][ok] / stars["T"][ok])
     assert np.median(np.abs(ratio - 1)) < 1e-4
-    assert np.max(np.abs(ratio - 1)) < 0.05
+    # The fit also masks the pixels of neighbouring sources (other footprints, and a
+    # deblended star's siblings), which star_shapes does not know: every star whose
+    # size differs has a catalogued neighbour within 20 px (a sibling 2 FWHM away
+    # changed T by 7%), and none differs grossly.
+    catalog = frame.catalog
+    distance, _ = cKDTree(np.c_[catalog["x"], catalog["y"]]).query(
+        np.c_[stars["x"][ok], stars["y"][ok]], k=2
+    )
+    differs = np.abs(ratio - 1) > 1e-3
+    assert np.all(distance[differs, 1] < 20.0)
+    assert np.max(np.abs(ratio - 1)) < 0.1
 
 
 def test_coadd_psf_is_inspected_with_the_same_tools(frame):
