@@ -237,6 +237,8 @@ def metrics(name, image, variance, used, weights, scales, clipped, truth, sky, s
     out["bias_err"] = float(1.2533 * np.std(biases) / np.sqrt(len(biases))) if biases else np.nan
     out["n_stars"] = len(biases)
     out["dT/T"] = float(np.mean(dts)) if dts else np.nan
+    out["dT/T_err"] = float(np.std(dts) / np.sqrt(len(dts))) if len(dts) > 1 else np.nan
+    out["n_psf_stars"] = len(dts)
     out["de"] = float(np.hypot(np.mean(de1), np.mean(de2))) if de1 else np.nan
     return out
 
@@ -400,6 +402,13 @@ def main() -> None:
             f"{ratio:8.2f} {cpu_ratio:9.2f}"
         )
     print(f"stars used for bias/PSF residuals: {rows[0]['n_stars']}")
+    print(
+        f"CoaddPsf dT/T +- its standard error over the {rows[0]['n_psf_stars']} stars brighter "
+        "than r = 20: "
+        + ", ".join(
+            f"{r['name']} {r['dT/T']:+.4f} +- {r['dT/T_err']:.4f}" for r in rows if "dT/T_err" in r
+        )
+    )
     print(f"ep: epochs (of {N_VISITS}) the coadd used at the variable star's centre.")
     print(
         "SWarp rows use the stacklab mean coadd's variance and CoaddPsf for their flux "
