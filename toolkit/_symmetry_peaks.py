@@ -7,10 +7,10 @@ asymmetries), so light that no peak's mirror image explains belongs to something
 else. This is the symmetric template of the SDSS deblender (Lupton's "photo"), used
 to find peaks rather than to share flux.
 
-Each peak ``c`` of a footprint (centred to sub-pixel precision) explains
-``T_c(p) = min(S(p), S(2c - p))`` at a pixel ``p`` of the footprint (``S`` interpolated
-bilinearly; a mirror image below one noise unit explains nothing). The residual
-``S(p) - sum_c T_c(p)`` is compared with its noise,
+Each peak ``c`` of a footprint (centred to sub-pixel precision) within 12 PSF sigmas
+of a pixel ``p`` of the footprint explains ``T_c(p) = min(S(p), S(2c - p))`` there
+(``S`` interpolated bilinearly; a mirror image below one noise unit explains nothing).
+The residual ``S(p) - sum_c T_c(p)`` is compared with its noise,
 ``sqrt(1 + n + sum_c (2 e_c |grad S(2c - p)|)**2 + (tolerance * sum_c T_c)**2)``:
 the unit noise of ``S(p)`` and of the ``n`` mirror images used, the shift of each
 mirror image by twice the error ``e_c`` of its peak's centre, and the asymmetry of
@@ -29,9 +29,15 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
-# Rows per strip: the pixel lists of a strip stay small whatever the image size.
+# Rows per strip, and pixels per chunk of a strip: the pixel lists and (pixel, peak)
+# pairs stay small whatever the image size and crowding.
 _STRIP_ROWS = 256
+_CHUNK_PIXELS = 16384
+# Peaks farther than this many PSF sigmas from a pixel are not paired with it: their
+# mirror images there are far below the noise (S falls as exp(-r² / 4 sigma²)).
+_REACH_SIGMA = 12.0
 # Error of a peak's centre from a parabola through three samples of S (px), for
 # S at least as wide as a well-sampled PSF's.
 _CENTRE_ERROR_PX = 0.1
@@ -65,6 +71,9 @@ def _subpixel_centres(
         mid,
         significance[np.minimum(py + 1, ny - 1), px].astype(np.float64),
     )
+    # On the image's edge one neighbour is missing: no parabola, no offset.
+    dx = np.where((px > 0) & (px < nx - 1), dx, 0.0)
+    dy = np.where((py > 0) & (py < ny - 1), dy, 0.0)
     return py + dy, px + dx
 
 
@@ -85,6 +94,74 @@ def _bilinear(
     bottom = s10 * (1.0 - fx) + s11 * fx
     gx = (s01 - s00) * (1.0 - fy) + (s11 - s10) * fy
     return top * (1.0 - fy) + bottom * fy, np.hypot(gx, bottom - top)
+
+
+def _chunk_candidates(
+    significance: NDArray[np.float32],
+    excluded: NDArray[np.bool_],
+    ys: NDArray[np.intp],
+    xs: NDArray[np.intp],
+    lab: NDArray[np.intp],
+    owner: NDArray[np.integer],
+    cy: NDArray[np.float64],
+    cx: NDArray[np.float64],
+    centre_error2: NDArray[np.float64],
+    peak_tree: cKDTree,
+    reach: float,
+    threshold: float,
+    tolerance: float,
+    min_separation: float,
+) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.float64]] | None:
+    """Pixels of one chunk whose residual reaches ``threshold`` times its noise.
+
+    Each pixel ``(ys, xs)`` of footprint ``lab`` is paired with the peaks of its
+    footprint within ``reach`` px (farther ones cannot explain its light). Returns the
+    candidates' ``ys, xs`` and residuals, or None.
+    """
+    ny, nx = significance.shape
+    pairs = cKDTree(np.column_stack([xs, ys])).sparse_distance_matrix(
+        peak_tree, reach, output_type="ndarray"
+    )
+    pixel, peak = pairs["i"].astype(np.intp), pairs["j"].astype(np.intp)
+    same = owner[peak] == lab[pixel]
+    pixel, peak = pixel[same], peak[same]
+    if len(pixel) == 0:
+        return None
+    order = np.argsort(pixel, kind="stable")
+    pixel, peak = pixel[order], peak[order]
+    # Pairs grouped by pixel: pixels[k] owns pairs bounds[k]:bounds[k + 1].
+    pixels, bounds = np.unique(pixel, return_index=True)
+    py_pair, px_pair = ys[pixel], xs[pixel]
+    my = 2.0 * cy[peak] - py_pair
+    mx = 2.0 * cx[peak] - px_pair
+    distance2 = (cy[peak] - py_pair) ** 2 + (cx[peak] - px_pair) ** 2
+    inside = (my >= 0) & (my <= ny - 1) & (mx >= 0) & (mx <= nx - 1)
+    pair_value = significance[py_pair, px_pair].astype(np.float64)
+    mirrored = np.full(len(pixel), np.inf)
+    slope = np.zeros(len(pixel))
+    mirrored[inside], slope[inside] = _bilinear(significance, my[inside], mx[inside])
+    # A mirror image off the image or on excluded pixels is unknown: the pixel is
+    # not searched (a star cut by the edge would otherwise leave all of its light).
+    blocked = ~inside
+    blocked[inside] = excluded[
+        np.rint(my[inside]).astype(np.intp), np.rint(mx[inside]).astype(np.intp)
+    ]
+    # Mirror images below one noise unit would add noise and explain nothing.
+    used = ~blocked & (mirrored >= 1.0)
+    template = np.where(used, np.minimum(pair_value, mirrored), 0.0)
+    # An error e in a peak's centre moves its mirror image by 2e: on a slope
+    # that changes the template by 2 e |grad S|.
+    shift_noise = np.where(used, 2.0 * slope, 0.0) ** 2 * centre_error2[peak]
+    explained = np.add.reduceat(template, bounds)
+    n_used = np.add.reduceat(used.astype(np.int64), bounds)
+    shift_var = np.add.reduceat(shift_noise, bounds)
+    any_blocked = np.logical_or.reduceat(blocked, bounds)
+    near = np.minimum.reduceat(distance2, bounds) < min_separation**2
+    value = significance[ys[pixels], xs[pixels]].astype(np.float64)
+    noise = np.sqrt(1.0 + n_used + shift_var + (tolerance * explained) ** 2)
+    excess = value - explained
+    keep = (excess >= threshold * noise) & ~any_blocked & ~near
+    return ys[pixels[keep]], xs[pixels[keep]], excess[keep]
 
 
 def _symmetry_peaks(
@@ -142,17 +219,15 @@ def _symmetry_peaks(
     # the noise's, sqrt(2) sigma / (S/N) for a point source of S/N S.
     peak_value = np.maximum(significance[py, px].astype(np.float64), 1.0)
     centre_error2 = _CENTRE_ERROR_PX**2 + 2.0 * (sigma_px / peak_value) ** 2
-    # The existing peaks grouped by footprint (CSR): peaks of footprint f are
-    # by_owner[start[f]:start[f + 1]].
-    by_owner = np.argsort(owner, kind="stable")
-    start = np.searchsorted(owner[by_owner], np.arange(n_footprints + 2))
     searched = np.ones(n_footprints + 1, dtype=bool)
     searched[0] = False
     for y_start in range(0, ny, _STRIP_ROWS):
         rows = slice(y_start, y_start + _STRIP_ROWS)
         searched[labels[rows][excluded[rows]]] = False
-    # A source worth finding reaches sqrt(2) threshold on its own: the residual's
-    # noise is at least sqrt(2).
+    peak_tree = cKDTree(np.column_stack([cx, cy]))
+    reach = _REACH_SIGMA * sigma_px
+    # Only pixels at least sqrt(2) threshold bright are searched: with a mirror image
+    # in use, the residual's noise is at least sqrt(2).
     floor = np.float32(np.sqrt(2.0) * threshold)
     found_y: list[NDArray[np.intp]] = []
     found_x: list[NDArray[np.intp]] = []
@@ -162,55 +237,23 @@ def _symmetry_peaks(
         strip_labels = labels[rows]
         where = significance[rows] >= floor
         where &= strip_labels > 0
-        ys, xs = np.nonzero(where)
-        lab = strip_labels[ys, xs].astype(np.intp)
-        inside_searched = searched[lab]
-        ys, xs, lab = ys[inside_searched], xs[inside_searched], lab[inside_searched]
-        if len(ys) == 0:
-            continue
-        ys = ys + y_start
-        count = start[lab + 1] - start[lab]
-        pixels = np.flatnonzero(count > 0)
-        if len(pixels) == 0:
-            continue
-        count = count[pixels]
-        # One row per (pixel, peak of its footprint) pair.
-        pixel = np.repeat(pixels, count)
-        first = np.repeat(np.cumsum(count) - count, count)
-        peak = by_owner[np.repeat(start[lab[pixels]], count) + np.arange(len(pixel)) - first]
-        py_pair, px_pair = ys[pixel], xs[pixel]
-        my = 2.0 * cy[peak] - py_pair
-        mx = 2.0 * cx[peak] - px_pair
-        distance2 = (cy[peak] - py_pair) ** 2 + (cx[peak] - px_pair) ** 2
-        inside = (my >= 0) & (my <= ny - 1) & (mx >= 0) & (mx <= nx - 1)
-        pair_value = significance[py_pair, px_pair].astype(np.float64)
-        mirrored = np.full(len(pixel), np.inf)
-        slope = np.zeros(len(pixel))
-        mirrored[inside], slope[inside] = _bilinear(significance, my[inside], mx[inside])
-        blocked = ~inside
-        blocked[inside] = excluded[
-            np.rint(my[inside]).astype(np.intp), np.rint(mx[inside]).astype(np.intp)
-        ]
-        # Mirror images below one noise unit would add noise and explain nothing.
-        used = ~blocked & (mirrored >= 1.0)
-        template = np.where(used, np.minimum(pair_value, mirrored), 0.0)
-        # An error e in a peak's centre moves its mirror image by 2e: on a slope
-        # that changes the template by 2 e |grad S|.
-        shift_noise = np.where(used, 2.0 * slope, 0.0) ** 2 * centre_error2[peak]
-        # Sums over each pixel's peaks (pairs are grouped by pixel).
-        bounds = np.cumsum(count) - count
-        explained = np.add.reduceat(template, bounds)
-        n_used = np.add.reduceat(used.astype(np.int64), bounds)
-        shift_var = np.add.reduceat(shift_noise, bounds)
-        any_blocked = np.logical_or.reduceat(blocked, bounds)
-        near = np.minimum.reduceat(distance2, bounds) < min_separation**2
-        value = significance[ys[pixels], xs[pixels]].astype(np.float64)
-        noise = np.sqrt(1.0 + n_used + shift_var + (tolerance * explained) ** 2)
-        excess = value - explained
-        keep = (excess >= threshold * noise) & ~any_blocked & ~near
-        found_y.append(ys[pixels[keep]])
-        found_x.append(xs[pixels[keep]])
-        found_z.append(excess[keep])
+        strip_ys, strip_xs = np.nonzero(where)
+        strip_lab = strip_labels[strip_ys, strip_xs].astype(np.intp)
+        inside_searched = searched[strip_lab]
+        strip_ys = strip_ys[inside_searched] + y_start
+        strip_xs, strip_lab = strip_xs[inside_searched], strip_lab[inside_searched]
+        # In chunks of pixels, so that the (pixel, peak) pairs stay few in crowded fields.
+        for c0 in range(0, len(strip_ys), _CHUNK_PIXELS):
+            ys, xs = strip_ys[c0 : c0 + _CHUNK_PIXELS], strip_xs[c0 : c0 + _CHUNK_PIXELS]
+            lab = strip_lab[c0 : c0 + _CHUNK_PIXELS]
+            found = _chunk_candidates(
+                significance, excluded, ys, xs, lab, owner, cy, cx, centre_error2, peak_tree,
+                reach, threshold, tolerance, min_separation,
+            )  # fmt: skip
+            if found is not None:
+                found_y.append(found[0])
+                found_x.append(found[1])
+                found_z.append(found[2])
     if not found_y:
         return none
     ys, xs, z = np.concatenate(found_y), np.concatenate(found_x), np.concatenate(found_z)

@@ -114,8 +114,11 @@ class DetectionConfig:
             raise ValueError(msg)
         for name in ("grow_psf_sigma", "min_peak_dip_sigma", "symmetry_tolerance"):
             if not getattr(self, name) >= 0:
-                msg = f"{name} must be >= 0, got {getattr(self, name)!r}"
+                msg = f"{name} must be >= 0, got {getattr(self, name)!r}; pass 0 or more"
                 raise ValueError(msg)
+        if not isinstance(self.symmetry_peaks, bool):
+            msg = f"symmetry_peaks must be True or False, got {self.symmetry_peaks!r}"
+            raise TypeError(msg)
         if not isinstance(self.max_peaks_per_footprint, int) or self.max_peaks_per_footprint < 1:
             msg = (
                 f"max_peaks_per_footprint must be an integer >= 1, "
@@ -494,6 +497,11 @@ def _footprints(
         residual = np.r_[residual, np.ones(len(new_y), dtype=bool)]
     order = np.lexsort((-detection_significance[py, px], owner))
     py, px, owner, residual = py[order], px[order], owner[order], residual[order]
+    if residual.any():
+        # The symmetry search's peaks count towards max_peaks_per_footprint too.
+        rank = np.arange(len(owner)) - np.searchsorted(owner, owner)
+        capped = rank < config.max_peaks_per_footprint
+        py, px, owner, residual = py[capped], px[capped], owner[capped], residual[capped]
     peaks = Table(
         {
             "footprint": owner.astype(np.int64),

@@ -384,3 +384,31 @@ def test_star_hidden_on_a_brighter_ones_slope_gets_its_true_flux(seed: int) -> N
     own = blend.sources["flux_footprint"][blend.sources["id"] == kids["id"][k]][0]
     assert own == pytest.approx(1500.0, rel=0.25)
     assert kids["flux_psf"][1 - k] == pytest.approx(3e4, rel=0.03)
+
+
+def test_symmetry_search_keeps_the_peak_cap() -> None:
+    exposure, _ = _slope_scene(0, 1500.0)
+    det = detect_sources(exposure, DetectionConfig(max_peaks_per_footprint=1))
+    assert len(det.peaks) == 1 and list(det.footprints["n_peaks"]) == [1]
+
+
+def test_a_far_peak_near_the_edge_does_not_hide_a_source() -> None:
+    # A peak of the same footprint 50 px away, whose mirror images leave the image,
+    # cannot explain the hidden star's light and must not block its search.
+    from stacklab.toolkit._symmetry_peaks import _symmetry_peaks
+
+    exposure, (fx, fy) = _slope_scene(0, 1500.0)
+    det = detect_sources(exposure, DetectionConfig(symmetry_peaks=False), keep_significance=True)
+    labels = det.labels.copy()
+    labels[46:51, 2:33] = 1  # the footprint reaches the image's edge
+    sigma = det.kernel_sigma_px
+    py = np.r_[np.asarray(det.peaks["y"]), 48]
+    px = np.r_[np.asarray(det.peaks["x"]), 4]
+    owner = np.r_[np.asarray(det.peaks["footprint"]), 1]
+    excluded = np.zeros(labels.shape, dtype=bool)
+    ys, xs = _symmetry_peaks(
+        det.significance, labels, int(labels.max()), py, px, owner, excluded, 5.0, 0.05,
+        2.0 * sigma, sigma,
+    )  # fmt: skip
+    assert len(ys) == 1
+    assert np.hypot(xs[0] - fx, ys[0] - fy) < 2.5
