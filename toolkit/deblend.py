@@ -320,11 +320,24 @@ def _rings(ny: int, nx: int) -> tuple[tuple[NDArray[np.intp], NDArray[np.intp]],
     for d in np.unique(ring)[1:]:
         ys, xs = np.nonzero(ring == d)
         scale = max(d - 1.0, 0.0) / d
-        # The pixel one Chebyshev step inward along the ray (within half a pixel).
-        inner_y = (np.rint(dy[ys, xs] * scale + fy) + iy).astype(np.intp)
-        inner_x = (np.rint(dx[ys, xs] * scale + fx) + ix).astype(np.intp)
+        # The pixel one Chebyshev step inward along the ray (within half a pixel),
+        # its offset from the centre rounded the same way on both sides of it, so
+        # that a point-symmetric template stays symmetric.
+        inner_y = (cy + _symmetric_round(dy[ys, xs] * scale, fy)).astype(np.intp)
+        inner_x = (cx + _symmetric_round(dx[ys, xs] * scale, fx)).astype(np.intp)
         out.append((ys * nx + xs, inner_y * nx + inner_x))
     return tuple(out)
+
+
+def _symmetric_round(offset: NDArray[np.float64], fraction: float) -> NDArray[np.float64]:
+    """Round offsets from a centre to the nearest pixel, ties away from the centre.
+
+    ``fraction`` is 0 for a centre on a pixel (pixel offsets are integers) and 0.5
+    for one on a pixel edge (offsets are half-integers). Unlike ``np.rint``, which
+    rounds ties to even, ``-t`` always rounds to minus what ``t`` rounds to.
+    """
+    magnitude = np.floor(np.abs(offset) + 0.5 - fraction) + fraction
+    return np.asarray(np.sign(offset) * magnitude)
 
 
 def _window(centre2: int, radius: int, size: int) -> slice:
