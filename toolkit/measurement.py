@@ -308,7 +308,8 @@ def measure_sources(
         f |= _kron(data, var_c, bad_c, cx, cy, shape, config, out, k)
         # PSF flux and the PSF's moments.
         gx, gy = cx + ox, cy + oy
-        # The centroid may sit on a NO_DATA pixel next to the data; the peak never does.
+        # The centroid may sit on a NO_DATA pixel next to the data; the stamp's centre
+        # (the peak, or a deblended child's template centre) is the fallback.
         kernel = None if psf is None else _psf_stamp(psf, gx, gy)
         if kernel is None and psf is not None:
             kernel = _psf_stamp(psf, float(px0), float(py0))

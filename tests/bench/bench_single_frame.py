@@ -32,7 +32,7 @@ from single_frame_peers import (  # noqa: E402
     write_sky_subtracted,
 )
 
-from stacklab.toolkit import PsfModel, rho_statistics, write_exposure  # noqa: E402
+from stacklab.toolkit import PsfModel, SourceFlag, rho_statistics, write_exposure  # noqa: E402
 from stacklab.toolkit.simulate import SimulationConfig, make_sky, simulate_visit  # noqa: E402
 
 SIZE = int(os.environ.get("STACKLAB_BENCH_SIZE", "4096"))
@@ -379,23 +379,23 @@ def main() -> int:
     fwhm_px = np.asarray(truth["psf_fwhm_px"])
     t_flux = np.asarray(truth["flux"])
     around = cKDTree(all_xy).query_ball_point(t_xy, 3 * fwhm_px)
-    sep_fwhm = np.full(len(truth), np.inf)
+    neighbour_sep_fwhm = np.full(len(truth), np.inf)
     near_saturated = np.zeros(len(truth), dtype=bool)
     for i, others in enumerate(around):
         others = np.asarray(others, dtype=int)
         brighter = others[all_flux[others] > t_flux[i]]
         near_saturated[i] = bool(np.any(all_sat[others]))
         if len(brighter):
-            sep_fwhm[i] = np.min(np.hypot(*(all_xy[brighter] - t_xy[i]).T)) / fwhm_px[i]
+            neighbour_sep_fwhm[i] = np.min(np.hypot(*(all_xy[brighter] - t_xy[i]).T)) / fwhm_px[i]
     blended = truth["is_star"] & ~truth["saturated"] & (truth_snr > 10) & ~near_saturated
-    blended &= np.isfinite(sep_fwhm)
+    blended &= np.isfinite(neighbour_sep_fwhm)
     t_index = np.flatnonzero(sim.truth["in_image"])  # row of each truth star in sim.truth
 
     def blended_photometry(x, y, flux, flags_ok, lo, hi):
         xy = np.c_[x, y]
         dist, idx = cKDTree(xy).query(t_xy)
         _, back = cKDTree(all_xy).query(xy)
-        sel = blended & (sep_fwhm >= lo) & (sep_fwhm < hi)
+        sel = blended & (neighbour_sep_fwhm >= lo) & (neighbour_sep_fwhm < hi)
         matched = sel & (dist < MATCH_PX) & (back[idx] == t_index)
         matched[matched] &= flags_ok[idx[matched]]
         ratio = flux[idx[matched]] / np.asarray(truth["flux"])[matched]
@@ -403,7 +403,8 @@ def main() -> int:
         return int(sel.sum()), matched.sum() / max(sel.sum(), 1), q50 - 1, (q84 - q16) / 2
 
     sex_ok = (np.asarray(sex["FLAGS"]) & ~3) == 0  # 1, 2: neighbours, blended
-    ours_ok = (np.asarray(primary["flags"]) & 0b10111111) == 0  # all but BLENDED of bits 0-7
+    # Every flag but BLENDED, as SExtractor's every flag but 1 and 2 (neighbours, blended).
+    ours_ok = (np.asarray(primary["flags"]) & ~int(SourceFlag.BLENDED)) == 0
     print("\nblended stars (S/N > 10, a brighter true object within 3 FWHM), PSF flux vs truth")
     print(f"  {'':20s}{'stacklab':>28s}{'SExtractor':>28s}")
     print(f"  {'separation':14s}{'n':>6s}" + f"{'matched':>9s}{'bias':>9s}{'16-84%/2':>10s}" * 2)
