@@ -42,7 +42,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from .safe_clip import _EIGHT, _detect_on_warp, _drop_small, _grow
+from .safe_clip import _EIGHT, _detect_on_warp, _drop_small, _grow, _smoothed_with_noise
 
 __all__ = ["CompareWarpConfig", "find_artifacts", "region_margin"]
 
@@ -172,17 +172,9 @@ def _smoothed_snr(
     noise of the smoothed difference: the part of a source's residual that PSF
     differences between the warp and the template can explain.
     """
-    smooth = ndimage.gaussian_filter(diff, psf_sigma_px, mode="constant")
-    # Noise of the smoothed image: the variance convolved with the squared kernel,
-    # a Gaussian of sigma/sqrt(2) scaled by 1/(4 pi sigma^2).
-    smooth_var = ndimage.gaussian_filter(noise_var, psf_sigma_px / np.sqrt(2.0), mode="constant")
-    smooth_var /= 4.0 * np.pi * psf_sigma_px**2
-    covered = ndimage.gaussian_filter(usable.astype(np.float64), psf_sigma_px, mode="constant")
-    good = (smooth_var > 0) & (covered > 0.5)
-    del covered
-    np.sqrt(smooth_var, out=smooth_var)
+    smooth, smooth_noise, good = _smoothed_with_noise(diff, noise_var, usable, psf_sigma_px)
     with np.errstate(divide="ignore", invalid="ignore"):
-        snr = np.where(good, smooth / smooth_var, 0.0)
+        snr = np.where(good, smooth / smooth_noise, 0.0)
     # LSST's doScaleWarpVariance: resampling correlates the noise, which the
     # variance plane does not describe; the sky's own scatter sets the unit.
     values = snr[usable & good]
@@ -193,9 +185,9 @@ def _smoothed_snr(
     if mismatch is None:
         snr /= scatter
     else:
-        smooth_var *= scatter
+        smooth_noise *= scatter
         with np.errstate(divide="ignore", invalid="ignore"):
-            snr = np.where(good, smooth / np.hypot(smooth_var, mismatch), 0.0)
+            snr = np.where(good, smooth / np.hypot(smooth_noise, mismatch), 0.0)
     return np.asarray(snr)
 
 

@@ -203,6 +203,29 @@ def _drop_small(above: NDArray[np.bool_], min_pixels: int) -> NDArray[np.bool_]:
     return out
 
 
+def _smoothed_with_noise(
+    image: NDArray[np.float64],
+    variance: NDArray[np.float64],
+    usable: NDArray[np.bool_],
+    psf_sigma_px: float,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
+    """Return the PSF-smoothed image, its noise from the variance plane, and where both hold.
+
+    ``image`` and ``variance`` (ADU, ADU²) must be 0 where not ``usable``. The noise
+    (ADU) is that of the smoothed image: the variance convolved with the squared
+    kernel, a Gaussian of sigma/sqrt(2) scaled by 1/(4 pi sigma^2). The mask is
+    where it is positive and usable pixels carry most of the kernel.
+    """
+    smooth = ndimage.gaussian_filter(image, psf_sigma_px, mode="constant")
+    noise = ndimage.gaussian_filter(variance, psf_sigma_px / np.sqrt(2.0), mode="constant")
+    noise /= 4.0 * np.pi * psf_sigma_px**2
+    covered = ndimage.gaussian_filter(usable.astype(np.float64), psf_sigma_px, mode="constant")
+    good = (noise > 0) & (covered > 0.5)
+    del covered
+    np.sqrt(noise, out=noise)
+    return smooth, noise, good
+
+
 def _detect_on_warp(
     image: NDArray[np.float32],
     variance: NDArray[np.float32],
@@ -212,40 +235,21 @@ def _detect_on_warp(
     threshold_sigma: float,
     min_pixels: int = 4,
     grow_sigma: float = 1.0,
-    empirical_noise: bool = False,
 ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
-    """Positive and negative detection masks from the PSF-smoothed S/N of one warp.
-
-    With ``empirical_noise`` the S/N is divided by its own robust scatter, so
-    noise correlations the variance plane does not describe (resampling,
-    PSF matching) do not inflate it.
-    """
+    """Positive and negative detection masks from the PSF-smoothed S/N of one warp."""
     # Each full-size float64 temporary is dropped as soon as it is used: these
     # images are patch- or warp-sized, and several at once set the coadd's peak memory.
-    smooth = ndimage.gaussian_filter(
-        np.where(usable, image, 0.0).astype(np.float64), psf_sigma_px, mode="constant"
-    )
-    # Noise of the smoothed image: the variance convolved with the squared kernel,
-    # a Gaussian of sigma/sqrt(2) scaled by 1/(4 pi sigma^2).
-    smooth_var = ndimage.gaussian_filter(
+    smooth, noise, good = _smoothed_with_noise(
+        np.where(usable, image, 0.0).astype(np.float64),
         np.where(usable, variance, 0.0).astype(np.float64),
-        psf_sigma_px / np.sqrt(2.0),
-        mode="constant",
+        usable,
+        psf_sigma_px,
     )
-    smooth_var /= 4.0 * np.pi * psf_sigma_px**2
-    covered = ndimage.gaussian_filter(usable.astype(np.float64), psf_sigma_px, mode="constant")
-    covered = covered > 0.5
     with np.errstate(divide="ignore", invalid="ignore"):
-        np.sqrt(smooth_var, out=smooth_var)
-        smooth /= smooth_var
-    snr = np.where((smooth_var > 0) & covered, smooth, 0.0)
-    del smooth, smooth_var
-    if empirical_noise:
-        values = snr[usable & covered]
-        if values.size:
-            scatter = 1.4826 * float(np.median(np.abs(values - np.median(values))))
-            if scatter > 0:
-                snr = snr / scatter
+        smooth /= noise
+    del noise
+    snr = np.where(good, smooth, 0.0)
+    del smooth, good
     grow = grow_sigma * psf_sigma_px
     positive = _grow(_drop_small(snr >= threshold_sigma, min_pixels), grow)
     negative = _grow(_drop_small(snr <= -threshold_sigma, min_pixels), grow)
