@@ -8,6 +8,8 @@ while the labels fit (``_label_compact``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
@@ -53,6 +55,20 @@ def _span_pixels(
     first = np.cumsum(lengths) - lengths
     xs = np.arange(int(lengths.sum()), dtype=np.intp) - first[which] + spans[which, 2]
     return spans[which, 1].astype(np.intp), xs, which
+
+
+def _span_pixel_chunks(
+    spans: NDArray[np.integer],
+) -> Iterator[tuple[NDArray[np.integer], NDArray[np.intp], NDArray[np.intp], NDArray[np.intp]]]:
+    """Yield ``(chunk, ys, xs, which)`` for chunks of ``_SPANS_PER_CHUNK`` spans.
+
+    The pixels of each chunk as :func:`_span_pixels` gives them (``which`` indexes the
+    chunk): the pixel lists of a whole image's spans would be several images' worth
+    of int64 at once.
+    """
+    for start in range(0, len(spans), _SPANS_PER_CHUNK):
+        chunk = spans[start : start + _SPANS_PER_CHUNK]
+        yield (chunk, *_span_pixels(chunk))
 
 
 def _label_compact(

@@ -157,7 +157,7 @@ def _chunk_candidates(
     shift_var = np.add.reduceat(shift_noise, bounds)
     any_blocked = np.logical_or.reduceat(blocked, bounds)
     near = np.minimum.reduceat(distance2, bounds) < min_separation**2
-    value = significance[ys[pixels], xs[pixels]].astype(np.float64)
+    value = pair_value[bounds]  # S at each pixel (its first pair)
     noise = np.sqrt(1.0 + n_used + shift_var + (tolerance * explained) ** 2)
     excess = value - explained
     keep = (excess >= threshold * noise) & ~any_blocked & ~near

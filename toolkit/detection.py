@@ -32,7 +32,13 @@ from astropy.table import Table
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from ._footprint_spans import _SPANS_PER_CHUNK, _grow, _label_compact, _label_spans, _span_pixels
+from ._footprint_spans import (
+    _grow,
+    _label_compact,
+    _label_spans,
+    _span_pixel_chunks,
+    _span_pixels,
+)
 from ._matched_filter import _BLOCK_ROWS, _kernel, _matched_filter, _smoothed_at
 from ._peaks import _dips, _local_maxima, _saturated_stars, _star_under
 from ._symmetry_peaks import _symmetry_peaks
@@ -192,10 +198,7 @@ class Detections:
         per pixel): keep it while you need it.
         """
         out = np.zeros(self.exposure.shape, dtype=np.int32)
-        spans = self.footprint_spans
-        for start in range(0, len(spans), _SPANS_PER_CHUNK):
-            chunk = spans[start : start + _SPANS_PER_CHUNK]
-            ys, xs, which = _span_pixels(chunk)
+        for chunk, ys, xs, which in _span_pixel_chunks(self.footprint_spans):
             out[ys, xs] = chunk[which, 0]
         return out
 
@@ -348,8 +351,7 @@ def detect_sources(
     mask = exposure.mask if mask_in_place else exposure.mask.copy()
     planes_map = exposure.mask_planes
     detected = np.int32(planes_map.bitmask("DETECTED"))
-    for start in range(0, len(spans), _SPANS_PER_CHUNK):
-        ys, xs, _ = _span_pixels(spans[start : start + _SPANS_PER_CHUNK])
+    for _, ys, xs, _ in _span_pixel_chunks(spans):
         mask[ys, xs] |= detected
     if negative is not None:
         grown = _grow(negative, config.grow_psf_sigma * sigma_px)
@@ -484,8 +486,7 @@ def _footprints(
         )  # fmt: skip
     elif config.symmetry_peaks:
         excluded = no_signal.copy()
-        for start in range(0, len(saturated[0]), _SPANS_PER_CHUNK):
-            ys, xs, _ = _span_pixels(saturated[0][start : start + _SPANS_PER_CHUNK])
+        for _, ys, xs, _ in _span_pixel_chunks(saturated[0]):
             excluded[ys, xs] = True
         new_y, new_x = _symmetry_peaks(
             significance, labels, n, py, px, owner, excluded, config.threshold_sigma,
@@ -497,11 +498,10 @@ def _footprints(
         residual = np.r_[residual, np.ones(len(new_y), dtype=bool)]
     order = np.lexsort((-detection_significance[py, px], owner))
     py, px, owner, residual = py[order], px[order], owner[order], residual[order]
-    if residual.any():
-        # The symmetry search's peaks count towards max_peaks_per_footprint too.
-        rank = np.arange(len(owner)) - np.searchsorted(owner, owner)
-        capped = rank < config.max_peaks_per_footprint
-        py, px, owner, residual = py[capped], px[capped], owner[capped], residual[capped]
+    # The symmetry search's peaks count towards max_peaks_per_footprint too.
+    rank = np.arange(len(owner)) - np.searchsorted(owner, owner)
+    capped = rank < config.max_peaks_per_footprint
+    py, px, owner, residual = py[capped], px[capped], owner[capped], residual[capped]
     peaks = Table(
         {
             "footprint": owner.astype(np.int64),
