@@ -60,3 +60,41 @@ def test_a_kernel_that_dies_at_startup_is_tried_again(tmp_path, monkeypatch, for
         assert failed["error_class"] == "error" and failed["attempt"] == 1
     finally:
         host.close()
+
+
+def test_task_hosts_share_one_kernel_spec_folder_and_leave_no_temporary_folder(
+    tmp_path, monkeypatch
+):
+    # A host ends with SIGKILL when its worker goes, and then runs no cleanup: its kernel
+    # spec must not live in a folder of its own in the temporary directory.
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    notebook = write_notebook(tmp_path / "t.ipynb", "x = 0", "open('o.txt', 'w').write(str(x))")
+    host = execute.TaskHost()
+    for x in (1, 2):
+        result = execute.execute_task(task_spec(tmp_path, notebook, x, {"o": "o.txt"}), host=host)
+        assert result["status"] == "ok", result
+        host._proc.kill()
+        host._proc.wait()
+    host.close()
+    assert not list(temporary.glob("stacklab-kernels-*"))
+    specs = list((tmp_path / "cache" / "stacklab" / "kernelspecs").glob("*/kernels/python3"))
+    assert len(specs) == 1
+    assert [p.name for p in specs[0].iterdir()] == ["kernel.json"]
+
+
+def test_a_task_host_without_a_writable_cache_uses_a_temporary_folder(tmp_path, monkeypatch):
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-folder"))
+    notebook = write_notebook(tmp_path / "t.ipynb", "x = 0", "open('o.txt', 'w').write(str(x))")
+    host = execute.TaskHost()
+    result = execute.execute_task(task_spec(tmp_path, notebook, 1, {"o": "o.txt"}), host=host)
+    assert result["status"] == "ok", result
+    assert len(list(temporary.glob("stacklab-kernels-*"))) == 1
+    host.close()  # a clean stop removes it
+    assert not list(temporary.glob("stacklab-kernels-*"))

@@ -87,8 +87,12 @@ class TaskHost:
                 assert self._proc.stdin is not None
                 self._proc.stdin.close()
                 self._proc.wait(timeout=30)
-            if self._proc is not None and self._proc.stdout is not None:
-                self._proc.stdout.close()
+            if self._proc is not None:
+                # A host that died (killed, out of memory) still has its pipes open here.
+                for stream in (self._proc.stdin, self._proc.stdout):
+                    if stream is not None:
+                        with contextlib.suppress(OSError):
+                            stream.close()
             self._proc = None
 
     def _request(self, spec_path: Path, *, restart_stale: bool = True) -> int:

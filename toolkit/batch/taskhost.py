@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import hashlib
 import json
 import os
 import re
@@ -93,9 +94,38 @@ def install_kernelspec(folder: Path, *, fork: bool = False) -> None:
     }
     if fork:
         spec["metadata"] = {"kernel_provisioner": {"provisioner_name": PROVISIONER_NAME}}
-    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    # Hosts of one interpreter share the folder (see `_kernelspec_folder`): the spec is
+    # replaced atomically, so a host starting a kernel never reads a half-written file.
+    text = json.dumps(spec)
+    path = spec_dir / "kernel.json"
+    if not path.exists() or path.read_text() != text:
+        partial = spec_dir / f".kernel.json.{os.getpid()}"
+        partial.write_text(text)
+        partial.replace(path)
     existing = os.environ.get("JUPYTER_PATH")
     os.environ["JUPYTER_PATH"] = str(folder) + (os.pathsep + existing if existing else "")
+
+
+def _kernelspec_folder(stack: contextlib.ExitStack, *, fork: bool) -> Path:
+    """Return the folder for this host's kernel spec: one per interpreter and kernel mode.
+
+    A host normally ends with a SIGKILL (it dies with its worker) and runs no cleanup,
+    so a temporary folder per host was left behind in the temporary directory by every
+    worker that ever ran. The spec depends only on the interpreter and on ``fork``:
+    every host of one interpreter shares a folder in the user's cache. Where the cache
+    cannot be written, a temporary folder (removed when ``stack`` closes) is used.
+    """
+    key = hashlib.sha256(f"{sys.executable}\0{fork}".encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    folder = cache / "stacklab" / "kernelspecs" / key
+    try:
+        (folder / "kernels" / "python3").mkdir(parents=True, exist_ok=True)
+        probe = folder / f".probe.{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError:
+        return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="stacklab-kernels-")))
+    return folder
 
 
 def _descendants_kill() -> None:
@@ -443,8 +473,8 @@ def main() -> int:
     # task or kernel that collects (IPython does at exit) would otherwise walk, and so
     # copy, every page of it, 0.17 s per task.
     gc.freeze()
-    with tempfile.TemporaryDirectory(prefix="stacklab-kernels-") as folder:
-        install_kernelspec(Path(folder), fork=fork)
+    with contextlib.ExitStack() as stack:
+        install_kernelspec(_kernelspec_folder(stack, fork=fork), fork=fork)
         host_pid = os.getpid()
         sources = _module_sources()
         notebooks_seen: dict[tuple[str, int], bool] = {}
