@@ -21,8 +21,7 @@ import functools
 import numpy as np
 from numpy.typing import NDArray
 
-# Rows per block when a map is evaluated or read: blocks of float64 stay small.
-_BLOCK_ROWS = 512
+from ._jit import _compiled
 
 
 @functools.lru_cache(maxsize=16)
@@ -89,18 +88,117 @@ def _matrices(
 
 
 def _evaluate(
-    mesh: NDArray[np.floating], shape: tuple[int, int], box: int, y0: int = 0, y1: int | None = None
-) -> NDArray[np.float32]:
-    """Return the float32 map of rows ``y0:y1`` interpolated from ``mesh``."""
+    mesh: NDArray[np.floating],
+    shape: tuple[int, int],
+    box: int,
+    y0: int = 0,
+    y1: int | None = None,
+    *,
+    subtract_from: NDArray[np.floating] | None = None,
+) -> NDArray[np.floating]:
+    """Return the float32 map of rows ``y0:y1`` interpolated from ``mesh``.
+
+    With ``subtract_from`` (rows ``y0:y1`` of an image), return that image minus the
+    float32 map instead, in the image's precision (at least float32): the map is
+    never held.
+
+    The y spline is applied through its structure rather than as the dense
+    ``A_y @ along_x`` product: each pixel row is four weights times two node rows
+    and two rows of second-derivative terms (4 multiply-adds a pixel instead of one
+    per mesh row; the same float64 sums up to rounding, before the float32 cast).
+    """
     ny, nx = shape
     y1 = ny if y1 is None else y1
-    a_y, a_x = _matrices(shape, mesh.shape, box)
-    along_x = np.asarray(mesh, dtype=np.float64) @ a_x.T
-    out = np.empty((max(y1 - y0, 0), nx), dtype=np.float32)
-    for start in range(y0, y1, _BLOCK_ROWS):
-        stop = min(start + _BLOCK_ROWS, y1)
-        out[start - y0 : stop - y0] = a_y[start:stop] @ along_x
-    return out
+    n_rows = max(y1 - y0, 0)
+    # sep interpolates linearly along x when the mesh has a single row.
+    a_x = _interpolation_matrix(nx, mesh.shape[1], box, offset=0.5, spline=mesh.shape[0] > 1)
+    # Node rows interpolated along x, and the y spline's second-derivative terms of
+    # them; a zero row after each lets a one-row mesh use the same two-node formula.
+    along_x = np.zeros((mesh.shape[0] + 1, nx))
+    along_x[:-1] = np.asarray(mesh, dtype=np.float64) @ a_x.T
+    curvature = np.zeros_like(along_x)
+    if mesh.shape[0] > 1:
+        curvature[:-1] = _second_derivatives(mesh.shape[0]) @ along_x[:-1]
+    segment, weights = _spline_weights(ny, mesh.shape[0], box)
+    if subtract_from is None:
+        result = np.empty((n_rows, nx), dtype=np.float32)
+        _fill_rows(along_x, curvature, segment, weights, y0, result)
+    else:
+        result = np.empty((n_rows, nx), dtype=np.result_type(subtract_from, np.float32))
+        _subtract_rows(along_x, curvature, segment, weights, y0, subtract_from, result)
+    return result
+
+
+@functools.lru_cache(maxsize=16)
+def _spline_weights(
+    n_pixels: int, n_nodes: int, box: int
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """Segment and weights of every pixel row of the y spline (sep's offset 0).
+
+    Returns the first node ``s`` of each row's segment and the ``(n_pixels, 4)``
+    weights of node rows ``s``, ``s + 1`` and of their second-derivative terms, the
+    factors of :func:`_interpolation_matrix`. Read-only; cached.
+    """
+    if n_nodes == 1:
+        segment = np.zeros(n_pixels, dtype=np.int64)
+        weights = np.zeros((n_pixels, 4))
+        weights[:, 0] = 1.0
+    else:
+        u = np.arange(n_pixels) / box - 0.5
+        segment = np.clip(np.floor(u).astype(np.int64), 0, n_nodes - 2)
+        b = u - segment
+        a = 1.0 - b
+        weights = np.column_stack([a, b, a * a * a - a, b * b * b - b])
+    segment.flags.writeable = False
+    weights.flags.writeable = False
+    return segment, weights
+
+
+@_compiled
+def _fill_rows(
+    along_x: NDArray[np.float64],
+    curvature: NDArray[np.float64],
+    segment: NDArray[np.int64],
+    weights: NDArray[np.float64],
+    y0: int,
+    out: NDArray[np.float32],
+) -> None:  # pragma: no cover - compiled; run through _evaluate
+    """Write rows ``y0 : y0 + len(out)`` of the map into ``out`` (float32)."""
+    n_rows, nx = out.shape
+    for i in range(n_rows):
+        y = y0 + i
+        s = segment[y]
+        wa, wb, wc, wd = weights[y, 0], weights[y, 1], weights[y, 2], weights[y, 3]
+        for x in range(nx):
+            value = (
+                wa * along_x[s, x] + wb * along_x[s + 1, x]
+                + wc * curvature[s, x] + wd * curvature[s + 1, x]
+            )  # fmt: skip
+            out[i, x] = np.float32(value)
+
+
+@_compiled
+def _subtract_rows(
+    along_x: NDArray[np.float64],
+    curvature: NDArray[np.float64],
+    segment: NDArray[np.int64],
+    weights: NDArray[np.float64],
+    y0: int,
+    image: NDArray[np.floating],
+    out: NDArray[np.floating],
+) -> None:  # pragma: no cover - compiled; run through _evaluate
+    """Write ``image`` minus rows ``y0 : y0 + len(image)`` of the float32 map into ``out``."""
+    n_rows, nx = out.shape
+    for i in range(n_rows):
+        y = y0 + i
+        s = segment[y]
+        wa, wb, wc, wd = weights[y, 0], weights[y, 1], weights[y, 2], weights[y, 3]
+        for x in range(nx):
+            value = (
+                wa * along_x[s, x] + wb * along_x[s + 1, x]
+                + wc * curvature[s, x] + wd * curvature[s + 1, x]
+            )  # fmt: skip
+            out[i, x] = image[i, x] - np.float32(value)
 
 
 def _mesh_from_map(map_: NDArray[np.floating], box: int) -> NDArray[np.float32]:

@@ -29,9 +29,10 @@ from typing import Any
 import astroscrappy
 import numpy as np
 from numpy.typing import NDArray
-from scipy import ndimage
+from scipy import sparse
+from scipy.sparse import csgraph
 
-from ._footprint_spans import _label_compact
+from ._jit import _compiled
 from .exposure import Exposure
 from .mask import _bits_set
 
@@ -41,8 +42,6 @@ log = logging.getLogger(__name__)
 
 _METHODS = ("sharpness", "lacosmic")
 _SAT_MARGIN_PX = 3
-# Rows per block of the candidate search.
-_BLOCK_ROWS = 256
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -201,36 +200,44 @@ def find_cosmic_rays(
         msg = f"psf_fwhm_px must be > 0 pixels, got {psf_fwhm_px!r}"
         raise ValueError(msg)
     planes = [p for p in config.ignore_planes if p in exposure.mask_planes]
-    ignore = ~np.isfinite(exposure.image) | ~np.isfinite(exposure.variance)
-    if planes:
-        _bits_set(exposure.mask, exposure.mask_planes.bitmask(*planes), into=ignore)
+    ignore_bits = exposure.mask.dtype.type(exposure.mask_planes.bitmask(*planes) if planes else 0)
     psf = exposure.psf if psf is None else psf
     if config.method == "sharpness":
         axis, diagonal = _psf_ratios(psf, exposure.shape, psf_fwhm_px)
         ratios = (axis * config.psf_ratio_factor, diagonal * config.psf_ratio_factor)
-        crmask = _sharp_pixels(exposure, ignore, ratios, config)
+        hits = _sharp_pixels(exposure, ignore_bits, ratios, config)
     else:
-        crmask = _lacosmic(exposure, ignore, background, psf_fwhm_px, config)
-    crmask = np.asarray(crmask, dtype=bool)
-    if config.grow_px and crmask.any():
-        crmask = ndimage.binary_dilation(
-            crmask, structure=np.ones((3, 3), bool), iterations=config.grow_px
-        )
-    crmask &= ~ignore
-    _, n_hits = _label_compact(crmask, np.ones((3, 3), bool))
+        ignore = ~np.isfinite(exposure.image) | ~np.isfinite(exposure.variance)
+        if planes:
+            _bits_set(exposure.mask, int(ignore_bits), into=ignore)
+        hits = np.flatnonzero(_lacosmic(exposure, ignore, background, psf_fwhm_px, config))
+        del ignore
+    # The mask is handled as the sorted flat indices of its pixels: cosmic rays
+    # cover a tiny fraction of the image, so no full-size pass is made after the search.
+    ny, nx = exposure.shape
+    if config.grow_px and len(hits):
+        # Square dilation, as ndimage.binary_dilation with a 3x3 square iterated grow_px times.
+        offsets = np.arange(-config.grow_px, config.grow_px + 1)
+        ys = (hits // nx)[:, None, None] + offsets[None, :, None]
+        xs = (hits % nx)[:, None, None] + offsets[None, None, :]
+        inside = (ys >= 0) & (ys < ny) & (xs >= 0) & (xs < nx)
+        hits = np.unique((ys * nx + xs)[inside])
+    ys, xs = hits // nx, hits % nx
+    keep = ~_ignored_at(exposure, ignore_bits, ys, xs)
+    ys, xs, hits = ys[keep], xs[keep], hits[keep]
+    n_hits = _count_groups(hits, nx)
     mask = exposure.mask.copy()
-    mask[crmask] |= np.int32(exposure.mask_planes.bitmask("CR"))
+    mask[ys, xs] |= np.int32(exposure.mask_planes.bitmask("CR"))
     image = exposure.image
-    if config.interpolate and crmask.any():
-        image = _interpolate(image, crmask | ignore, crmask)
-        mask[crmask] |= np.int32(exposure.mask_planes.bitmask("INTRP"))
-    log.info("found %d cosmic-ray hits (%d pixels)", n_hits, int(crmask.sum()))
-    ys, xs = np.nonzero(crmask)
+    if config.interpolate and len(hits):
+        image = _interpolate(exposure, ignore_bits, hits)
+        mask[ys, xs] |= np.int32(exposure.mask_planes.bitmask("INTRP"))
+    log.info("found %d cosmic-ray hits (%d pixels)", n_hits, len(hits))
     return CosmicRays(
         pixels=np.column_stack([ys, xs]).astype(np.int32),
         shape=(int(exposure.shape[0]), int(exposure.shape[1])),
         n_pixels=len(ys),
-        n_hits=int(n_hits),
+        n_hits=n_hits,
         exposure=exposure.replace(image=image, mask=mask),
         config=config,
     )
@@ -295,79 +302,182 @@ def _psf_ratios(psf: Any, shape: tuple[int, int], fwhm_px: float | None) -> tupl
 
 def _sharp_pixels(
     exposure: Exposure,
-    ignore: NDArray[np.bool_],
+    ignore_bits: np.integer,
     ratios: tuple[float, float],
     config: CosmicRayConfig,
-) -> NDArray[np.bool_]:
-    shape = exposure.shape
-
-    def pixels(
-        rows: NDArray[np.intp] | slice, cols: NDArray[np.intp] | slice
-    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        # Ignored pixels count as 0 with infinite noise (as do those without variance).
-        skip = ignore[rows, cols]
-        var = exposure.variance[rows, cols]
-        image = np.where(skip, np.float32(0.0), exposure.image[rows, cols])
-        sigma = np.sqrt(np.where(skip | ~(var > 0), np.inf, var))
-        return image.astype(np.float32, copy=False), sigma.astype(np.float32, copy=False)
-
-    # Candidates block by block of rows, neighbours only at the candidates: no
-    # full-size cleaned image or noise map.
-    candidate = np.empty(shape, dtype=bool)
-    for y0 in range(0, shape[0], _BLOCK_ROWS):
-        block = slice(y0, y0 + _BLOCK_ROWS)
-        image, sigma = pixels(block, slice(None))
-        candidate[block] = image > config.min_sigma * sigma
-    # Edges of saturated cores and bleed trails are sharp but not cosmic rays.
-    if "SAT" in exposure.mask_planes:
-        saturated = exposure.plane("SAT")
-        if saturated.any():
-            candidate &= ~_dilate_near(saturated, _SAT_MARGIN_PX)
-        del saturated
-    candidate[0, :] = candidate[-1, :] = candidate[:, 0] = candidate[:, -1] = False
-    ys, xs = np.nonzero(candidate)
-    if len(ys) == 0:
-        return candidate
-    del candidate
-    i0, s0 = pixels(ys, xs)
-    lowered = i0 - config.peak_sigma * s0
-    hit = np.zeros(len(ys), dtype=bool)
-    for (dy, dx), ratio in (((0, 1), ratios[0]), ((1, 0), ratios[0]), ((1, 1), ratios[1]),
-                            ((1, -1), ratios[1])):  # fmt: skip
-        i1, s1 = pixels(ys + dy, xs + dx)
-        i2, s2 = pixels(ys - dy, xs - dx)
-        # Masked neighbours (infinite noise) never make a pixel look sharp.
-        noise = 0.5 * np.sqrt(s1 * s1 + s2 * s2)
-        hit |= lowered * ratio > 0.5 * (i1 + i2) + config.sharpness_sigma * noise
-    out = np.zeros(shape, dtype=bool)
-    out[ys[hit], xs[hit]] = True
-    return out
+) -> NDArray[np.int64]:
+    """Flat indices (sorted) of the pixels that pass the sharpness test."""
+    sat_bit = exposure.mask_planes.bitmask("SAT") if "SAT" in exposure.mask_planes else 0
+    # float32 thresholds: the test is made in float32, as NumPy made it on float32 planes.
+    return _sharp_kernel(
+        exposure.image, exposure.variance, exposure.mask, ignore_bits,
+        exposure.mask.dtype.type(sat_bit), _SAT_MARGIN_PX,
+        np.float32(config.min_sigma), np.float32(config.peak_sigma),
+        np.float32(config.sharpness_sigma), np.float32(ratios[0]), np.float32(ratios[1]),
+    )  # fmt: skip
 
 
-def _dilate_near(mask: NDArray[np.bool_], iterations: int) -> NDArray[np.bool_]:
-    """Return ``ndimage.binary_dilation(mask, iterations=iterations)`` (3x3 cross).
+@_compiled
+def _pixel(
+    image: NDArray[np.float32],
+    variance: NDArray[np.float32],
+    mask: NDArray[np.integer],
+    ignore_bits: np.integer,
+    y: int,
+    x: int,
+) -> tuple[np.float32, np.float32]:  # pragma: no cover - compiled; run through _sharp_kernel
+    """Return the value and the noise of pixel ``(y, x)``.
 
-    Computed on the box around the set pixels only: saturated pixels are few, the
-    image is large.
+    Ignored pixels count as 0 with infinite noise (as do those without a positive
+    variance).
     """
-    ys, xs = np.nonzero(mask)
+    value = image[y, x]
+    var = variance[y, x]
+    if not np.isfinite(value) or not np.isfinite(var) or (mask[y, x] & ignore_bits) != 0:
+        return np.float32(0.0), np.float32(np.inf)
+    if not var > 0:
+        return value, np.float32(np.inf)
+    return value, np.float32(np.sqrt(var))
+
+
+@_compiled
+def _sharp_kernel(
+    image: NDArray[np.float32],
+    variance: NDArray[np.float32],
+    mask: NDArray[np.integer],
+    ignore_bits: np.integer,
+    sat_bit: np.integer,
+    sat_margin: int,
+    min_sigma: np.float32,
+    peak_sigma: np.float32,
+    sharpness_sigma: np.float32,
+    ratio_axis: np.float32,
+    ratio_diagonal: np.float32,
+) -> NDArray[np.int64]:  # pragma: no cover - compiled; run through _sharp_pixels
+    """Flat indices, in row-major order, of the pixels that pass the sharpness test.
+
+    One pass over the image; the neighbours are read at the candidates only (pixels
+    ``min_sigma`` above their noise, off the image border and further than
+    ``sat_margin`` pixels, along the grid, from a saturated one: the edges of
+    saturated cores and bleed trails are sharp but not cosmic rays). All arithmetic
+    is float32, with the operands of the former NumPy version in the same order, so
+    the same pixels pass.
+    """
+    ny, nx = image.shape
+    half = np.float32(0.5)
+    steps_y, steps_x = (0, 1, 1, 1), (1, 0, 1, -1)
+    # A candidate has value > min_sigma * sqrt(var) (float32, a few roundings), so
+    # value² > 0.999 min_sigma² var (float64) for every candidate: a branch-free
+    # test without square roots that drops nearly every other pixel.
+    loose = 0.999 * np.float64(min_sigma) * np.float64(min_sigma)
+    maybe = np.zeros(nx, dtype=np.bool_)
+    capacity = 1024
+    found = np.empty(capacity, dtype=np.int64)
+    n_found = 0
+    for y in range(1, ny - 1):
+        for x in range(1, nx - 1):
+            v = np.float64(image[y, x])
+            maybe[x] = (v > 0) & (v * v > loose * np.float64(variance[y, x]))
+        for x in range(1, nx - 1):
+            if not maybe[x]:
+                continue
+            i0, s0 = _pixel(image, variance, mask, ignore_bits, y, x)
+            if not i0 > min_sigma * s0:
+                continue
+            if sat_bit != 0 and _near_bit(mask, sat_bit, y, x, sat_margin):
+                continue
+            lowered = i0 - peak_sigma * s0
+            hit = False
+            # Along x, y and the two diagonals, each with its PSF ratio.
+            for direction in range(4):
+                dy, dx = steps_y[direction], steps_x[direction]
+                ratio = ratio_axis if direction < 2 else ratio_diagonal
+                i1, s1 = _pixel(image, variance, mask, ignore_bits, y + dy, x + dx)
+                i2, s2 = _pixel(image, variance, mask, ignore_bits, y - dy, x - dx)
+                # Masked neighbours (infinite noise) never make a pixel look sharp.
+                noise = half * np.float32(np.sqrt(s1 * s1 + s2 * s2))
+                if lowered * ratio > half * (i1 + i2) + sharpness_sigma * noise:
+                    hit = True
+            if hit:
+                if n_found == capacity:
+                    capacity *= 2
+                    grown = np.empty(capacity, dtype=np.int64)
+                    grown[:n_found] = found[:n_found]
+                    found = grown
+                found[n_found] = y * nx + x
+                n_found += 1
+    return found[:n_found].copy()
+
+
+@_compiled
+def _near_bit(
+    mask: NDArray[np.integer], bit: np.integer, y: int, x: int, margin: int
+) -> bool:  # pragma: no cover - compiled; run through _sharp_kernel
+    """Whether a pixel within ``margin`` steps along the grid (``|dy| + |dx|``) has ``bit``.
+
+    The same as ``ndimage.binary_dilation(plane, iterations=margin)`` (3x3 cross) at
+    that pixel.
+    """
     ny, nx = mask.shape
-    y0, y1 = max(int(ys.min()) - iterations, 0), min(int(ys.max()) + iterations + 1, ny)
-    x0, x1 = max(int(xs.min()) - iterations, 0), min(int(xs.max()) + iterations + 1, nx)
-    out = np.zeros_like(mask)
-    out[y0:y1, x0:x1] = ndimage.binary_dilation(mask[y0:y1, x0:x1], iterations=iterations)
-    return out
+    for dy in range(-margin, margin + 1):
+        yy = y + dy
+        if yy < 0 or yy >= ny:
+            continue
+        reach = margin - abs(dy)
+        for xx in range(max(x - reach, 0), min(x + reach + 1, nx)):
+            if (mask[yy, xx] & bit) != 0:
+                return True
+    return False
+
+
+def _ignored_at(
+    exposure: Exposure, ignore_bits: np.integer, ys: NDArray[np.integer], xs: NDArray[np.integer]
+) -> NDArray[np.bool_]:
+    """Whether pixels ``(ys, xs)`` are left out: non-finite image or variance, or ignored planes."""
+    return (
+        ~np.isfinite(exposure.image[ys, xs])
+        | ~np.isfinite(exposure.variance[ys, xs])
+        | ((exposure.mask[ys, xs] & ignore_bits) != 0)
+    )
+
+
+def _count_groups(flat: NDArray[np.int64], nx: int) -> int:
+    """Count the 8-connected groups among the pixels of sorted flat indices ``flat``."""
+    if len(flat) == 0:
+        return 0
+    x = flat % nx
+    # Each pixel's earlier neighbours (left, and the three above), joined pairwise.
+    pairs = []
+    for step, dx in ((1, -1), (nx + 1, -1), (nx, 0), (nx - 1, 1)):
+        target = flat - step
+        where = np.searchsorted(flat, target)
+        where = np.minimum(where, len(flat) - 1)
+        ok = (flat[where] == target) & (x + dx >= 0) & (x + dx < nx)
+        pairs.append(np.column_stack([np.nonzero(ok)[0], where[ok]]))
+    edges = np.concatenate(pairs)
+    graph = sparse.coo_matrix(
+        (np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])),
+        shape=(len(flat), len(flat)),
+    )
+    return int(csgraph.connected_components(graph, directed=False)[0])
 
 
 def _interpolate(
-    image: NDArray[np.float32], unusable: NDArray[np.bool_], target: NDArray[np.bool_]
+    exposure: Exposure, ignore_bits: np.integer, target: NDArray[np.int64]
 ) -> NDArray[np.float32]:
-    # Median of the good pixels in a growing box; boxes widen until one is found.
-    # Windows are gathered around the target pixels only (no padded image copies);
-    # pixels off the image count as unusable.
+    """Image with the pixels of flat indices ``target`` (sorted) repaired.
+
+    Each becomes the median of the usable pixels (not ignored, not a target) in a
+    growing box; boxes widen until one is found. Windows are gathered around the
+    target pixels only (no padded image copies); pixels off the image count as
+    unusable.
+    """
+    image = exposure.image
     out = image.copy()
     ny, nx = image.shape
-    ys, xs = np.nonzero(target)
+    is_target = np.zeros(image.shape, dtype=bool)  # zero pages: only touched ones cost
+    is_target.flat[target] = True
+    ys, xs = target // nx, target % nx
     for half in (1, 2, 3, 5, 8):
         if len(ys) == 0:
             break
@@ -376,7 +486,8 @@ def _interpolate(
         wx = (xs[:, None] + offsets[None, :])[:, None, :]
         off = (wy < 0) | (wy >= ny) | (wx < 0) | (wx >= nx)
         cy, cx = np.clip(wy, 0, ny - 1), np.clip(wx, 0, nx - 1)
-        windows = np.where(off | unusable[cy, cx], np.nan, image[cy, cx]).astype(np.float32)
+        unusable = off | is_target[cy, cx] | _ignored_at(exposure, ignore_bits, cy, cx)
+        windows = np.where(unusable, np.nan, image[cy, cx]).astype(np.float32)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows: widen next
             values = np.nanmedian(windows.reshape(len(ys), -1), axis=1)
