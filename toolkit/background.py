@@ -395,9 +395,10 @@ def _mask_sources(
     ``widths[|dy|]`` pixels either side.
 
     One pass over the image: the 3x3 sums come from a rolling window of three
-    residual rows, added in the order of the former NumPy version (float32; centre,
-    up, down, then centre, left, right) so that the same pixels pass; pixels above
-    the sky are kept as runs along x, joined into groups by union-find between
+    residual rows, in float32 and in a fixed order (centre, up, down, then centre,
+    left, right; a pixel beyond the edge is the edge pixel), the order the mask has
+    always been made with, so that the same pixels pass at the threshold; pixels
+    above the sky are kept as runs along x, joined into groups by union-find between
     consecutive rows, and only the kept runs are painted.
     """
     ny, nx = data.shape

@@ -308,7 +308,7 @@ def _sharp_pixels(
 ) -> NDArray[np.int64]:
     """Flat indices (sorted) of the pixels that pass the sharpness test."""
     sat_bit = exposure.mask_planes.bitmask("SAT") if "SAT" in exposure.mask_planes else 0
-    # float32 thresholds: the test is made in float32, as NumPy made it on float32 planes.
+    # float32 thresholds: the test is made in float32, on the float32 planes.
     return _sharp_kernel(
         exposure.image, exposure.variance, exposure.mask, ignore_bits,
         exposure.mask.dtype.type(sat_bit), _SAT_MARGIN_PX,
@@ -360,8 +360,9 @@ def _sharp_kernel(
     ``min_sigma`` above their noise, off the image border and further than
     ``sat_margin`` pixels, along the grid, from a saturated one: the edges of
     saturated cores and bleed trails are sharp but not cosmic rays). All arithmetic
-    is float32, with the operands of the former NumPy version in the same order, so
-    the same pixels pass.
+    of the test is float32, in the order of the formulas in the module docstring, so
+    that pixels at the threshold pass as they always have (the thresholds are the
+    float32 values of the settings).
     """
     ny, nx = image.shape
     half = np.float32(0.5)
