@@ -18,45 +18,50 @@ Stamp pixels are ``(y, x)`` indexed, 0-based pixel centres.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 import galsim
 import numpy as np
 from numpy.typing import NDArray
-from scipy import optimize
+from scipy import fft as sp_fft
 
+from ._model_fit_kernels import (
+    _paste_all,
+    _psf_normal_equations,
+    _psf_sums,
+    _template_spectra,
+    _weighted_sums,
+)
 from ._stamps import good_size
 from .flags import SourceFlag
 
 _PSF_FIT_ITERATIONS = 2
+# Template half-light radii in units of the deconvolved moments' (the first, a point
+# source, is shared by both profiles).
 _SIZE_FACTORS = np.array([0.0, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8, 4.0])
 _EXP_HLR_PER_SCALE = 1.6783469900166608  # half-light radius of exp(-r) in scale radii
+# Bound on the relative rounding of the single-precision size scan's sums (float32's
+# epsilon is 6e-8; the transforms and sums add a few hundred of them at most).
+_SCAN_TOLERANCE = 1e-6
+# Small transforms drawn at once in the size scan (arrays that stay in the cache).
+_TRANSFORMS_AT_ONCE = 64
+# Templates closer than this to collinear (1 - cos² of their angle) count as one.
+_COLLINEAR = 1e-12
 
 
 @functools.lru_cache(maxsize=1)
-def _dev_table() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    # Fourier transform of a unit-flux de Vaucouleurs profile of half-light radius 1,
-    # as a function of angular wavenumber, tabulated once.
+def _dev_table() -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """De Vaucouleurs profile's transform on a grid of wavenumbers, tabulated once.
+
+    Returns the angular wavenumbers ``q`` (0, then 600 nodes uniform in ``log q``)
+    of a unit-flux profile of half-light radius 1, its transform there, and the
+    slopes between nodes (``numpy.interp``'s).
+    """
     profile = galsim.DeVaucouleurs(half_light_radius=1.0)
     q = np.concatenate([[0.0], np.geomspace(1e-3, 3e3, 600)])
     values = np.array([profile.kValue(float(k), 0.0).real for k in q])
-    return q, values
-
-
-def _profile_ft(kind: str, q: NDArray[np.float64]) -> NDArray[np.float64]:
-    if kind == "exp":
-        return np.asarray((1.0 + (q / _EXP_HLR_PER_SCALE) ** 2) ** -1.5)
-    grid, values = _dev_table()
-    return np.asarray(np.interp(q, grid, values, right=0.0))
-
-
-def _paste(target: NDArray[np.float64], source: NDArray[np.float64], x0: int, y0: int) -> None:
-    ty, tx = target.shape
-    sy, sx = source.shape
-    ys, xs = max(y0, 0), max(x0, 0)
-    ye, xe = min(y0 + sy, ty), min(x0 + sx, tx)
-    if ys < ye and xs < xe:
-        target[ys:ye, xs:xe] = source[ys - y0 : ye - y0, xs - x0 : xe - x0]
+    return q, values, np.diff(values) / np.diff(q)
 
 
 _Moments = tuple[float, float, float, float, float]
@@ -89,7 +94,12 @@ def _fit_batch(
     kernels = np.array([item[3] for item in batch])
     origin = np.array([(item[6], item[7]) for item in batch], dtype=float)
     centres = np.array([(item[4], item[5]) for item in batch])
-    flux, err, x, y, spread, spread_err, ok = _psf_fluxes(stamps, weights, kernels, centres)
+    ksize = kernels.shape[1]
+    padded = good_size(ksize + 6)
+    transform = _padded_transform(kernels, (padded - ksize) // 2)
+    flux, err, x, y, spread, spread_err, ok = _psf_fluxes(
+        stamps, weights, kernels, centres, transform=transform
+    )
     flags[rows[~ok]] |= int(SourceFlag.PSF_FLUX_FAILED)
     good = rows[ok]
     out["flux_psf"][good], out["flux_psf_err"][good] = flux[ok], err[ok]
@@ -102,6 +112,9 @@ def _fit_batch(
     centres = np.where(ok[:, None], np.column_stack([x, y]), centres)
     size = stamps.shape[1]
     middle = np.full(len(batch), float(size // 2))
+    # A stamp the size of the padded kernel, with the kernel in its middle, is the
+    # padded kernel itself: its transform is already known.
+    same_grid = padded == size and (padded - ksize) // 2 == size // 2 - ksize // 2
     results = _model_fluxes(
         stamps,
         weights,
@@ -109,6 +122,7 @@ def _fit_batch(
         centres,
         [item[8] for item in batch],
         [item[9] for item in batch],
+        psf_ft=transform if same_grid else None,
     )
     for k, model in zip(rows, results, strict=True):
         if model is None:
@@ -139,26 +153,28 @@ def _place_all(
     kernels = np.asarray(kernels, dtype=np.float64)
     n, ksize = kernels.shape[0], kernels.shape[1]
     half = ksize // 2
-    pad = (good_size(ksize + 6) - ksize) // 2
+    padded = good_size(ksize + 6)
+    pad = (padded - ksize) // 2
     ix, iy = np.floor(cx + 0.5).astype(np.int64), np.floor(cy + 0.5).astype(np.int64)
     dx, dy = cx - ix, cy - iy
     shifted = kernels.copy()
     moved = (dx != 0.0) | (dy != 0.0)
     if moved.any():
-        if transform is None:
-            transform = _padded_transform(kernels, pad)
-        ky, kx = _frequencies(ksize + 2 * pad)
-        phase = np.exp(-1j * (kx * dx[moved, None, None] + ky * dy[moved, None, None]))
-        whole = np.fft.irfft2(transform[moved] * phase, s=(ksize + 2 * pad,) * 2)
+        spectra = _padded_transform(kernels[moved], pad) if transform is None else transform[moved]
+        ky, kx = _frequencies(padded)
+        # The ramp exp(-i (kx dx + ky dy)) is the product of a row and a column
+        # ramp: two small complex exponentials rather than one per frequency.
+        spectra *= np.exp(-1j * ky * dy[moved, None, None])
+        spectra *= np.exp(-1j * kx * dx[moved, None, None])
+        whole = sp_fft.irfft2(spectra, s=(padded, padded), overwrite_x=True)
         shifted[moved] = whole[:, pad:-pad, pad:-pad]
     out = np.zeros((n, size, size))
-    for i in range(n):
-        _paste(out[i], shifted[i], int(ix[i]) - half, int(iy[i]) - half)
+    _paste_all(out, shifted, ix - half, iy - half)
     return out
 
 
 def _padded_transform(kernels: NDArray[np.float64], pad: int) -> NDArray[np.complex128]:
-    return np.fft.rfft2(np.pad(kernels, ((0, 0), (pad, pad), (pad, pad))))
+    return np.asarray(sp_fft.rfft2(np.pad(kernels, ((0, 0), (pad, pad), (pad, pad)))))
 
 
 @functools.lru_cache(maxsize=64)
@@ -177,6 +193,8 @@ def _psf_fluxes(
     weights: NDArray[np.float64],
     kernels: NDArray[np.float64],
     centres: NDArray[np.float64],
+    *,
+    transform: NDArray[np.complex128] | None = None,
 ) -> tuple[_Floats, _Floats, _Floats, _Floats, _Floats, _Floats, NDArray[np.bool_]]:
     """PSF fluxes of a batch of sources: position refined by Gauss-Newton, then a linear fit.
 
@@ -188,6 +206,8 @@ def _psf_fluxes(
         The PSF at each source, unit sum, centred on the middle pixel.
     centres : numpy.ndarray, shape (n, 2)
         Starting positions ``(x, y)`` in stamp pixels.
+    transform : numpy.ndarray, optional
+        The kernels' padded transform (:func:`_padded_transform`), when known.
 
     Returns
     -------
@@ -196,25 +216,20 @@ def _psf_fluxes(
         (SExtractor's SPREAD_MODEL) and ``ok`` (False where the fit failed).
     """
     n, size = stamps.shape[0], stamps.shape[1]
-    transform = _padded_transform(
-        kernels, (good_size(kernels.shape[1] + 6) - kernels.shape[1]) // 2
-    )
+    if transform is None:
+        transform = _padded_transform(
+            kernels, (good_size(kernels.shape[1] + 6) - kernels.shape[1]) // 2
+        )
     cx, cy = centres[:, 0].copy(), centres[:, 1].copy()
     active = np.arange(n)
     for _ in range(_PSF_FIT_ITERATIONS):
         if len(active) == 0:
             break
         model = _place_all(kernels[active], size, cx[active], cy[active], transform[active])
-        support = model != 0
-        gy, gx = _gradient(model)
-        # The design rows are the model's support pixels: zero weight elsewhere.
-        design = np.stack([model, -gx, -gy], axis=-1)
-        w = np.where(support, weights[active], 0.0)
-        # Batched matrix products (three-operand einsums loop slowly).
-        design = design.reshape(len(active), -1, 3)
-        weighted = np.swapaxes(design * w.reshape(len(active), -1, 1), 1, 2)
-        normal = weighted @ design
-        rhs = (weighted @ stamps[active].reshape(len(active), -1, 1))[..., 0]
+        # Design columns P, -dP/dx, -dP/dy on the model's support (zero weight elsewhere).
+        normal = np.empty((len(active), 3, 3))
+        rhs = np.empty((len(active), 3))
+        _psf_normal_equations(model, weights[active], stamps[active], normal, rhs)
         solvable = np.all(np.isfinite(normal), axis=(1, 2))
         solvable[solvable] = _condition(normal[solvable]) <= 1e12
         sol = np.zeros((len(active), 3))
@@ -229,45 +244,28 @@ def _psf_fluxes(
         cy[active[step]] += dy[step]
         active = active[step]
     model = _place_all(kernels, size, cx, cy, transform)
-    weighted_model = weights * model
-    den = np.einsum("nyx,nyx->n", weighted_model, model)
-    ok = den > 0
-    safe_den = np.where(ok, den, 1.0)
-    flux = np.einsum("nyx,nyx->n", weighted_model, stamps) / safe_den
     # SExtractor's SPREAD_MODEL: a PSF fit versus a fit of the PSF convolved with
     # an exponential of scale FWHM/16; 0 for point sources, > 0 for resolved ones.
     ky, kx = _frequencies(size)
-    scale = np.array([_spread_scale(kernel) for kernel in kernels])[:, None, None]
-    broad = np.fft.irfft2(
-        np.fft.rfft2(model) * (1.0 + (kx * kx + ky * ky) * scale**2) ** -1.5, s=(size, size)
+    scale = _spread_scales(kernels)[:, None, None]
+    broad = sp_fft.irfft2(
+        sp_fft.rfft2(model) * (1.0 + (kx * kx + ky * ky) * scale**2) ** -1.5,
+        s=(size, size),
+        overwrite_x=True,
     )
-    # spread = G'Wx / P'Wx - G'WP / P'WP, its error propagated from the variance.
-    u, v = weights * broad, weighted_model
-    numerator = np.einsum("nyx,nyx->n", u, stamps)
-    denominator = np.einsum("nyx,nyx->n", v, stamps)
-    positive = denominator > 0
-    safe = np.where(positive, denominator, 1.0)
-    spread = np.where(
-        positive, numerator / safe - np.einsum("nyx,nyx->n", u, model) / safe_den, np.nan
-    )
-    gradient = (u - (numerator / safe)[:, None, None] * v) / safe[:, None, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        spread_var = np.sum(np.where(weights > 0, gradient**2 / weights, 0.0), axis=(1, 2))
-    spread_err = np.where(positive, np.sqrt(spread_var), np.nan)
+    sums = np.empty((n, 5))
+    _psf_sums(model, np.ascontiguousarray(broad), weights, stamps, sums)
+    den, pwx, gwx, gwp, spread_sq = sums.T
+    ok = den > 0
+    safe_den = np.where(ok, den, 1.0)
+    flux = pwx / safe_den
+    # spread = G'Wx / P'Wx - G'WP / P'WP; its variance, propagated from the pixels'
+    # variance 1/W, is sum W (G - spread_ratio P)² / (P'Wx)².
+    positive = pwx > 0
+    safe = np.where(positive, pwx, 1.0)
+    spread = np.where(positive, gwx / safe - gwp / safe_den, np.nan)
+    spread_err = np.where(positive, np.sqrt(spread_sq) / safe, np.nan)
     return flux, 1.0 / np.sqrt(safe_den), cx, cy, spread, spread_err, ok
-
-
-def _gradient(image: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """``numpy.gradient`` over the last two axes (central, one-sided at the edges), lighter."""
-    gy = np.empty_like(image)
-    gy[..., 1:-1, :] = (image[..., 2:, :] - image[..., :-2, :]) / 2.0
-    gy[..., 0, :] = image[..., 1, :] - image[..., 0, :]
-    gy[..., -1, :] = image[..., -1, :] - image[..., -2, :]
-    gx = np.empty_like(image)
-    gx[..., 1:-1] = (image[..., 2:] - image[..., :-2]) / 2.0
-    gx[..., 0] = image[..., 1] - image[..., 0]
-    gx[..., -1] = image[..., -1] - image[..., -2]
-    return gy, gx
 
 
 def _condition(matrices: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -277,13 +275,13 @@ def _condition(matrices: NDArray[np.float64]) -> NDArray[np.float64]:
         return np.asarray(singular[..., 0] / singular[..., -1])
 
 
-def _spread_scale(kernel: NDArray[np.float64]) -> float:
-    """Scale radius (px) of the exponential of SPREAD_MODEL: FWHM / 16 of the PSF."""
-    c = kernel.shape[0] // 2
-    peak = kernel[c, c]
+def _spread_scales(kernels: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Scale radii (px) of the exponential of SPREAD_MODEL: FWHM / 16 of each PSF."""
+    c = kernels.shape[1] // 2
+    peak = kernels[:, c, c]
     # FWHM from the area above half maximum (exact for a round Gaussian-like core).
-    area = float(np.sum(kernel >= 0.5 * peak))
-    return float(2.0 * np.sqrt(area / np.pi) / 16.0)
+    area = np.sum(kernels >= 0.5 * peak[:, None, None], axis=(1, 2)).astype(np.float64)
+    return np.asarray(2.0 * np.sqrt(area / np.pi) / 16.0)
 
 
 def _model_fluxes(
@@ -293,6 +291,8 @@ def _model_fluxes(
     centres: NDArray[np.float64],
     shapes: list[tuple[float, float, float, float, float] | None],
     psf_shapes: list[tuple[float, float, float, float, float] | None],
+    *,
+    psf_ft: NDArray[np.complex128] | None = None,
 ) -> list[tuple[float, float, float, float] | None]:
     """Galaxy-model fluxes of a batch of sources with stamps of one size.
 
@@ -306,18 +306,28 @@ def _model_fluxes(
         Model centres ``(x, y)`` in stamp pixels.
     shapes, psf_shapes : list
         Adaptive moments of each source and of its PSF (or None).
+    psf_ft : numpy.ndarray, optional
+        ``rfft2`` of ``psf_stamps``, when known.
 
     Returns
     -------
     list
         Per source ``(flux, flux_err, frac_dev, flux_exp)`` (ADU), or None when the
-        fit fails. Batching turns a few dozen small transforms per source into a
-        few large ones.
+        fit fails.
+
+    Notes
+    -----
+    The size of each profile is the one that minimises chi² over the grid
+    ``_SIZE_FACTORS``. The scan draws its templates in single precision; the
+    chosen template is then drawn again in double precision for the fluxes, and
+    where single-precision rounding could have changed the choice (another
+    size's chi² within its error bound of the best) the source's whole scan is
+    redone in double precision. The result is the double-precision scan's.
     """
     n, size = stamps.shape[0], stamps.shape[1]
     # The PSF sits at the stamp centre c; the phase ramp moves it (and the profile,
     # centred on the origin) to (cx, cy) directly, with no fftshift of the results.
-    psf_ft = np.fft.rfft2(psf_stamps)
+    psf_ft = sp_fft.rfft2(psf_stamps) if psf_ft is None else psf_ft.copy()
     # Deconvolved shape (px²); unresolved sources get a small round guess.
     c = np.tile(np.eye(2) * 0.25, (n, 1, 1))
     for i, (shape, psf_shape) in enumerate(zip(shapes, psf_shapes, strict=True)):
@@ -331,43 +341,207 @@ def _model_fluxes(
     unit = c / np.sqrt(det)[:, None, None]  # shape matrices of determinant 1
     hlr0 = 1.2 * det**0.25
     ky, kx = _frequencies(size)
-    u00, u01, u11 = (unit[:, i, j, None, None] for i, j in ((0, 0), (0, 1), (1, 1)))
-    kk = np.sqrt(u00 * kx * kx + 2 * u01 * kx * ky + u11 * ky * ky)
     offset = centres - size // 2
-    phase = np.exp(-1j * (kx * offset[:, 0, None, None] + ky * offset[:, 1, None, None]))
-    shifted_psf = (psf_ft * phase)[:, None]
-    q = kk[:, None] * (hlr0[:, None] * _SIZE_FACTORS)[:, :, None, None]
+    psf_ft *= np.exp(-1j * ky * offset[:, 1, None, None])
+    psf_ft *= np.exp(-1j * kx * offset[:, 0, None, None])
+    templates = _template_inputs(psf_ft, unit, weights, stamps)
+    radii = hlr0[:, None] * _SIZE_FACTORS
     rows = np.arange(n)
+    # Sum W x² of each stamp: bounds the rounding of the single-precision sums.
+    data_sq = np.einsum("nyx,nyx->n", templates.weighted_data, stamps)
     best: dict[str, tuple[NDArray[np.bool_], NDArray[np.float64], NDArray[np.float64]]] = {}
-    for kind in ("exp", "dev"):
-        # All sources and sizes at once: one batched inverse FFT.
-        models = np.fft.irfft2(_profile_ft(kind, q) * shifted_psf, s=(size, size))
-        # Batched matrix-vector products over the pixels (three-operand einsums loop slowly).
-        flat = models.reshape(n, len(_SIZE_FACTORS), -1)
-        den = ((flat * flat) @ weights.reshape(n, -1, 1))[..., 0]
-        num = (flat @ (weights * stamps).reshape(n, -1, 1))[..., 0]
-        valid = den > 0
-        amp = np.where(valid, num / np.where(valid, den, 1.0), 0.0)
-        # chi2 = sum w d² - num²/den; the first term is common to all sizes.
-        gain = np.where(valid, amp * num, -np.inf)
+    point: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None
+    for dev in (False, True):
+        if point is None:
+            den, num = _template_sums(templates, radii, dev=dev, dtype=np.complex64)
+            point = den[:, 0], num[:, 0]
+        else:
+            # Both profiles' templates of size 0 are the PSF (times F(0) = 1).
+            f0 = float(_dev_table()[1][0])
+            den, num = _template_sums(templates, radii[:, 1:], dev=dev, dtype=np.complex64)
+            den = np.column_stack([f0 * f0 * point[0], den])
+            num = np.column_stack([f0 * point[1], num])
+        gain = _gain(den, num)
+        top = gain.max(axis=1)
+        # chi2 = sum W x² - gain (the first term is common to all sizes). The
+        # single-precision gain is within _SCAN_TOLERANCE * (sqrt(gain sum W x²)
+        # + gain) of the double-precision one (Cauchy-Schwarz on sum W x t).
+        tolerance = _SCAN_TOLERANCE * (np.sqrt(np.maximum(top, 0.0) * data_sq) + top)
+        close = np.sum(gain >= (top - tolerance)[:, None], axis=1) > 1
+        if close.any():
+            subset = np.flatnonzero(close)
+            den[close], num[close] = _template_sums(
+                templates, radii[close], dev=dev, dtype=np.complex128, subset=subset
+            )
+            gain[close] = _gain(den[close], num[close])
         j = np.argmax(gain, axis=1)
-        best[kind] = (np.asarray(valid.any(axis=1)), models[rows, j], amp[rows, j])
-    out: list[tuple[float, float, float, float] | None] = []
-    for i in range(n):
-        w = weights[i].ravel()
-        if not best["exp"][0][i] or not best["dev"][0][i] or not np.any(w > 0):
-            out.append(None)
-            continue
-        a = np.stack([best["exp"][1][i].ravel(), best["dev"][1][i].ravel()], axis=1)
-        sw = np.sqrt(w)
-        coeffs, _ = optimize.nnls(a * sw[:, None], stamps[i].ravel() * sw)
-        if not np.any(coeffs > 0):
-            out.append(None)
-            continue
-        combined = a @ coeffs
-        den_i = float(np.sum(w * combined * combined))
-        flux = float(coeffs.sum())
-        frac_dev = float(coeffs[1] / coeffs.sum())
+        # The chosen template again, in double precision, for the fluxes.
+        model, den_j, num_j = _draw_templates(templates, radii[rows, j], dev=dev)
+        valid = den_j > 0
+        amp = np.where(valid, num_j / np.where(valid, den_j, 1.0), 0.0)
+        best["dev" if dev else "exp"] = (np.asarray((den > 0).any(axis=1)), model, amp)
+    return _combine(best["exp"], best["dev"], weights, stamps)
+
+
+def _gain(den: NDArray[np.float64], num: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Decrease of chi² by each template's best amplitude, ``num² / den`` (-inf if none)."""
+    valid = den > 0
+    amp = np.where(valid, num / np.where(valid, den, 1.0), 0.0)
+    return np.where(valid, amp * num, -np.inf)
+
+
+@dataclass(frozen=True)
+class _TemplateInputs:
+    """What drawing a batch's galaxy templates needs, per source.
+
+    Attributes
+    ----------
+    psf_ft, psf_ft_single : numpy.ndarray, shape (n, size, size // 2 + 1)
+        PSF transform with the phase ramp to the model centre (complex128, and
+        rounded to complex64 for the single-precision size scan).
+    u00, u01, u11 : numpy.ndarray, shape (n,)
+        Shape matrix of determinant 1.
+    weights, weighted_data : numpy.ndarray, shape (n, size, size)
+        Inverse-variance weights ``W`` and ``W x``.
+    """
+
+    psf_ft: NDArray[np.complex128]
+    psf_ft_single: NDArray[np.complex64]
+    u00: NDArray[np.float64]
+    u01: NDArray[np.float64]
+    u11: NDArray[np.float64]
+    weights: NDArray[np.float64]
+    weighted_data: NDArray[np.float64]
+
+
+def _template_inputs(
+    psf_ft: NDArray[np.complex128],
+    unit: NDArray[np.float64],
+    weights: NDArray[np.float64],
+    stamps: NDArray[np.float64],
+) -> _TemplateInputs:
+    u00, u01, u11 = (np.ascontiguousarray(unit[:, i, j]) for i, j in ((0, 0), (0, 1), (1, 1)))
+    psf_ft = np.ascontiguousarray(psf_ft)
+    return _TemplateInputs(
+        psf_ft, psf_ft.astype(np.complex64), u00, u01, u11, weights, weights * stamps
+    )
+
+
+def _spectra(
+    inputs: _TemplateInputs,
+    rows: slice | NDArray[np.int64],
+    radii: NDArray[np.float64],
+    *,
+    dev: bool,
+    dtype: type[np.complexfloating[Any, Any]],
+) -> NDArray[np.complexfloating[Any, Any]]:
+    """Draw the transforms of the templates of half-light radii ``radii`` (n, m) of ``rows``."""
+    size = inputs.psf_ft.shape[1]
+    out = np.empty((radii.shape[0], radii.shape[1], size, size // 2 + 1), dtype=dtype)
+    ky, kx = _frequencies(size)
+    grid, values, slopes = _dev_table()
+    single = dtype == np.complex64
+    psf_ft = inputs.psf_ft_single if single else inputs.psf_ft
+    work = np.empty((size + 1, size // 2 + 1), dtype=np.float32 if single else np.float64)
+    _template_spectra(
+        psf_ft[rows], inputs.u00[rows], inputs.u01[rows], inputs.u11[rows],
+        np.ascontiguousarray(kx[0]), np.ascontiguousarray(ky[:, 0]),
+        np.ascontiguousarray(radii), dev, grid, values, slopes, work, out,
+    )  # fmt: skip
+    return out
+
+
+def _template_sums(
+    inputs: _TemplateInputs,
+    radii: NDArray[np.float64],
+    *,
+    dev: bool,
+    dtype: type[np.complexfloating[Any, Any]],
+    subset: NDArray[np.int64] | None = None,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``sum W t²`` and ``sum W x t`` of the templates ``t`` of radii ``radii`` (n, m).
+
+    Drawn a few sources at a time: a few dozen small transforms at once run
+    faster than hundreds (whose arrays leave the cache).
+    """
+    rows = np.arange(len(inputs.u00)) if subset is None else subset
+    n, m = radii.shape
+    size = inputs.psf_ft.shape[1]
+    den, num = np.empty((n, m)), np.empty((n, m))
+    chunk = max(1, _TRANSFORMS_AT_ONCE // m)
+    for start in range(0, n, chunk):
+        part = slice(start, start + chunk)
+        spectra = _spectra(inputs, rows[part], radii[part], dev=dev, dtype=dtype)
+        models = sp_fft.irfft2(spectra, s=(size, size), overwrite_x=True)
+        _weighted_sums(
+            models, inputs.weights[rows[part]], inputs.weighted_data[rows[part]],
+            den[part], num[part],
+        )  # fmt: skip
+    return den, num
+
+
+def _draw_templates(
+    inputs: _TemplateInputs, radii: NDArray[np.float64], *, dev: bool
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """One template per source (half-light radius ``radii[i]``, double precision).
+
+    Returns the templates ``t`` (n, size, size), ``sum W t²`` and ``sum W x t``.
+    """
+    n = len(radii)
+    size = inputs.psf_ft.shape[1]
+    spectra = _spectra(inputs, slice(None), radii[:, None], dev=dev, dtype=np.complex128)
+    models = np.asarray(sp_fft.irfft2(spectra, s=(size, size), overwrite_x=True))
+    den, num = np.empty((n, 1)), np.empty((n, 1))
+    _weighted_sums(models, inputs.weights, inputs.weighted_data, den, num)
+    return models[:, 0], den[:, 0], num[:, 0]
+
+
+def _combine(
+    exp: tuple[NDArray[np.bool_], NDArray[np.float64], NDArray[np.float64]],
+    dev: tuple[NDArray[np.bool_], NDArray[np.float64], NDArray[np.float64]],
+    weights: NDArray[np.float64],
+    stamps: NDArray[np.float64],
+) -> list[tuple[float, float, float, float] | None]:
+    """Non-negative least-squares combination of each source's best exp and deV templates.
+
+    With two columns the problem has a closed form: the unconstrained solution of
+    the 2x2 normal equations when both amplitudes are positive (the minimum of a
+    convex quadratic then lies inside the feasible quadrant), else the better of
+    the two one-template fits with a non-negative amplitude (the minimum is on
+    the boundary). Of collinear templates (the exp and deV templates of a point
+    source are both the PSF) the one of larger gradient ``t'Wx`` is used alone,
+    the exponential on a tie, as Lawson and Hanson's active-set NNLS does.
+    """
+    e, d = exp[1], dev[1]
+    we, wd = weights * e, weights * d
+    a_ee = np.einsum("nyx,nyx->n", we, e)
+    a_dd = np.einsum("nyx,nyx->n", wd, d)
+    a_ed = np.einsum("nyx,nyx->n", we, d)
+    b_e = np.einsum("nyx,nyx->n", we, stamps)
+    b_d = np.einsum("nyx,nyx->n", wd, stamps)
+    det = a_ee * a_dd - a_ed * a_ed
+    collinear = ~(det > _COLLINEAR * a_ee * a_dd)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c_e = (a_dd * b_e - a_ed * b_d) / det
+        c_d = (a_ee * b_d - a_ed * b_e) / det
+        inside = ~collinear & (c_e > 0) & (c_d > 0)
+        only_e = np.where(a_ee > 0, np.maximum(b_e / a_ee, 0.0), 0.0)
+        only_d = np.where(a_dd > 0, np.maximum(b_d / a_dd, 0.0), 0.0)
+    # On the boundary the better one-template fit; between collinear templates (equally
+    # good fits) the one NNLS starts from, of the larger gradient b.
+    use_e = np.where(collinear, b_e >= b_d, only_e * b_e >= only_d * b_d)
+    c_e = np.where(inside, c_e, np.where(use_e, only_e, 0.0))
+    c_d = np.where(inside, c_d, np.where(use_e, 0.0, only_d))
+    flux = c_e + c_d
+    chi_den = c_e * c_e * a_ee + 2.0 * c_e * c_d * a_ed + c_d * c_d * a_dd
+    usable = exp[0] & dev[0] & np.any(weights > 0, axis=(1, 2)) & (flux > 0)
+    out: list[tuple[float, float, float, float] | None] = [None] * len(flux)
+    for i in np.flatnonzero(usable):
         # Each template has unit total flux: the combination is flux * t, t of unit flux.
-        out.append((flux, flux / np.sqrt(den_i), frac_dev, float(best["exp"][2][i])))
+        out[i] = (
+            float(flux[i]),
+            float(flux[i] / np.sqrt(chi_den[i])),
+            float(c_d[i] / flux[i]),
+            float(exp[2][i]),
+        )
     return out

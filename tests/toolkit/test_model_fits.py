@@ -1,0 +1,213 @@
+"""The batched model fits' compiled kernels and shortcuts against slow, obvious oracles."""
+
+from __future__ import annotations
+
+import galsim
+import numpy as np
+import pytest
+from scipy import optimize
+
+from stacklab.toolkit import _model_fits as fits
+from stacklab.toolkit._model_fit_kernels import (
+    _psf_normal_equations,
+    _psf_sums,
+    _template_spectra,
+)
+
+
+def _random_batch(rng: np.random.Generator, n: int = 6, size: int = 45):
+    """Galaxy-like stamps (exp + deV of random shapes, Gaussian PSF), noise, a few bad pixels."""
+    ksize = 31
+    stamps, weights, kernels, centres, shapes, psf_shapes = [], [], [], [], [], []
+    for i in range(n):
+        sigma = rng.uniform(1.3, 2.2)
+        psf = galsim.Gaussian(sigma=sigma)
+        kernel = psf.drawImage(nx=ksize, ny=ksize, scale=1.0, method="no_pixel").array
+        kernel = kernel / kernel.sum()
+        hlr = 0.0 if i == 0 else rng.uniform(0.5, 4.0)  # the first, a star
+        dx, dy = rng.uniform(-0.5, 0.5, 2)
+        shape = galsim.Shear(g1=rng.uniform(-0.3, 0.3), g2=rng.uniform(-0.3, 0.3))
+        flux = rng.uniform(500.0, 20000.0)
+        if hlr == 0:
+            galaxy = psf.withFlux(flux)
+        else:
+            exp = galsim.Exponential(half_light_radius=hlr).shear(shape)
+            dev = galsim.DeVaucouleurs(half_light_radius=hlr).shear(shape)
+            galaxy = galsim.Convolve(0.7 * exp + 0.3 * dev, psf).withFlux(flux)
+        image = galaxy.drawImage(
+            nx=size, ny=size, scale=1.0, method="no_pixel", offset=(dx, dy)
+        ).array.astype(np.float64)
+        variance = 25.0 + 0.2 * np.abs(image)
+        image = image + rng.normal(0.0, np.sqrt(variance))
+        weight = 1.0 / variance
+        weight[rng.random((size, size)) < 0.01] = 0.0
+        c = size // 2
+        sigma2 = sigma**2
+        moments = (c + dx, c + dy, sigma2 * (1 + 0.3 * i), sigma2 * (1 + 0.2 * i), 0.1 * i)
+        stamps.append(image)
+        weights.append(weight)
+        kernels.append(kernel)
+        centres.append((c + dx, c + dy))
+        shapes.append(moments)
+        psf_shapes.append((c, c, sigma2, sigma2, 0.0))
+    return (
+        np.array(stamps), np.array(weights), np.array(kernels), np.array(centres),
+        shapes, psf_shapes,
+    )  # fmt: skip
+
+
+def _model_fluxes_oracle(stamps, weights, psf_stamps, centres, shapes, psf_shapes):
+    """The model fits as first written: NumPy transforms in double precision, SciPy's NNLS."""
+    n, size = stamps.shape[0], stamps.shape[1]
+    psf_ft = np.fft.rfft2(psf_stamps)
+    c = np.tile(np.eye(2) * 0.25, (n, 1, 1))
+    for i, (shape, psf_shape) in enumerate(zip(shapes, psf_shapes, strict=True)):
+        c[i] = [[shape[2] - psf_shape[2], shape[4] - psf_shape[4]],
+                [shape[4] - psf_shape[4], shape[3] - psf_shape[3]]]  # fmt: skip
+    evals, evecs = np.linalg.eigh(c)
+    evals = np.maximum(evals, 0.05 * np.maximum(evals.max(axis=1), 0.25)[:, None])
+    c = (evecs * evals[:, None, :]) @ np.swapaxes(evecs, 1, 2)
+    det = np.linalg.det(c)
+    unit = c / np.sqrt(det)[:, None, None]
+    hlr0 = 1.2 * det**0.25
+    ky = np.fft.fftfreq(size)[:, None] * 2 * np.pi
+    kx = np.fft.rfftfreq(size)[None, :] * 2 * np.pi
+    u00, u01, u11 = (unit[:, i, j, None, None] for i, j in ((0, 0), (0, 1), (1, 1)))
+    kk = np.sqrt(u00 * kx * kx + 2 * u01 * kx * ky + u11 * ky * ky)
+    offset = centres - size // 2
+    phase = np.exp(-1j * (kx * offset[:, 0, None, None] + ky * offset[:, 1, None, None]))
+    q = kk[:, None] * (hlr0[:, None] * fits._SIZE_FACTORS)[:, :, None, None]
+    grid, values, _ = fits._dev_table()
+    profiles = {
+        "exp": (1.0 + (q / fits._EXP_HLR_PER_SCALE) ** 2) ** -1.5,
+        "dev": np.interp(q, grid, values, right=0.0),
+    }
+    best = {}
+    for kind, profile in profiles.items():
+        models = np.fft.irfft2(profile * (psf_ft * phase)[:, None], s=(size, size))
+        den = np.einsum("nsyx,nyx->ns", models**2, weights)
+        num = np.einsum("nsyx,nyx->ns", models, weights * stamps)
+        gain = np.where(den > 0, num * num / np.where(den > 0, den, 1.0), -np.inf)
+        j = np.argmax(gain, axis=1)
+        best[kind] = (models[np.arange(n), j], (num / den)[np.arange(n), j])
+    out = []
+    for i in range(n):
+        a = np.stack([best["exp"][0][i].ravel(), best["dev"][0][i].ravel()], axis=1)
+        sw = np.sqrt(weights[i].ravel())
+        coeffs, _ = optimize.nnls(a * sw[:, None], stamps[i].ravel() * sw)
+        combined = a @ coeffs
+        den_i = np.sum(weights[i].ravel() * combined**2)
+        flux = coeffs.sum()
+        out.append((flux, flux / np.sqrt(den_i), coeffs[1] / flux, best["exp"][1][i]))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("tolerance", [fits._SCAN_TOLERANCE, 1.0])
+def test_model_fluxes_match_double_precision_oracle(
+    tolerance: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A tolerance of 1 sends every source's size scan to the double-precision rescan.
+    monkeypatch.setattr(fits, "_SCAN_TOLERANCE", tolerance)
+    rng = np.random.default_rng(11)
+    stamps, weights, kernels, centres, shapes, psf_shapes = _random_batch(rng)
+    size = stamps.shape[1]
+    middle = np.full(len(stamps), float(size // 2))
+    psf_stamps = fits._place_all(kernels, size, middle, middle)
+    got = np.array(fits._model_fluxes(stamps, weights, psf_stamps, centres, shapes, psf_shapes))
+    expected = _model_fluxes_oracle(stamps, weights, psf_stamps, centres, shapes, psf_shapes)
+    # flux, flux_err, flux_exp to double-precision rounding; frac_dev absolutely.
+    np.testing.assert_allclose(got[:, [0, 1, 3]], expected[:, [0, 1, 3]], rtol=1e-9)
+    np.testing.assert_allclose(got[:, 2], expected[:, 2], atol=1e-8)
+
+
+def test_psf_kernels_match_numpy_sums() -> None:
+    rng = np.random.default_rng(3)
+    stamps, weights, kernels, centres, _, _ = _random_batch(rng, n=4)
+    size = stamps.shape[1]
+    model = fits._place_all(kernels, size, centres[:, 0], centres[:, 1])
+    normal, rhs = np.empty((4, 3, 3)), np.empty((4, 3))
+    _psf_normal_equations(model, weights, stamps, normal, rhs)
+    gy, gx = np.gradient(model, axis=(1, 2))
+    design = np.stack([model, -gx, -gy], axis=-1).reshape(4, -1, 3)
+    w = np.where(model != 0, weights, 0.0).reshape(4, -1, 1)
+    expected = np.swapaxes(design * w, 1, 2) @ design
+    # Off-diagonal terms of a symmetric PSF cancel: rounding relative to the matrix.
+    np.testing.assert_allclose(normal, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
+    expected_rhs = np.einsum("npk,np->nk", design * w, stamps.reshape(4, -1))
+    np.testing.assert_allclose(rhs, expected_rhs, rtol=0, atol=1e-12 * np.abs(expected_rhs).max())
+    broad = np.roll(model, 1, axis=2) * 0.3 + model * 0.7
+    sums = np.empty((4, 5))
+    _psf_sums(model, broad, weights, stamps, sums)
+    pwx = np.einsum("nyx,nyx,nyx->n", weights, model, stamps)
+    gwx = np.einsum("nyx,nyx,nyx->n", weights, broad, stamps)
+    ratio = gwx / pwx
+    expected_sums = np.column_stack([
+        np.einsum("nyx,nyx,nyx->n", weights, model, model), pwx, gwx,
+        np.einsum("nyx,nyx,nyx->n", weights, broad, model),
+        np.sum(weights * (broad - ratio[:, None, None] * model) ** 2, axis=(1, 2)),
+    ])  # fmt: skip
+    np.testing.assert_allclose(sums, expected_sums, rtol=1e-11)
+
+
+@pytest.mark.parametrize("dev", [False, True])
+def test_template_spectra_match_numpy_profiles(dev: bool) -> None:
+    rng = np.random.default_rng(5)
+    n, size = 3, 45
+    psf = rng.normal(size=(n, size, size // 2 + 1)) + 1j * rng.normal(size=(n, size, size // 2 + 1))
+    u01 = rng.uniform(-0.3, 0.3, n)
+    u00 = rng.uniform(0.7, 1.4, n)
+    u11 = (1.0 + u01**2) / u00
+    ky = np.fft.fftfreq(size) * 2 * np.pi
+    kx = np.fft.rfftfreq(size) * 2 * np.pi
+    grid, values, slopes = fits._dev_table()
+    # Sizes 0, tiny (below the first node), ordinary, and so large that q passes the table's end;
+    # radii that put q exactly on nodes of the table.
+    kk0 = np.sqrt(u00[0] * kx[3] ** 2 + 2 * u01[0] * kx[3] * ky[2] + u11[0] * ky[2] ** 2)
+    radii = np.array([0.0, 1e-4, 0.37, 2.5, 4000.0, grid[200] / kk0, grid[1] / kk0])
+    radii = np.tile(radii, (n, 1))
+    out = np.empty((n, radii.shape[1], size, size // 2 + 1), dtype=np.complex128)
+    work = np.empty((size + 1, size // 2 + 1))
+    _template_spectra(psf, u00, u01, u11, kx, ky, radii, dev, grid, values, slopes, work, out)
+    kk = np.sqrt(
+        u00[:, None, None] * kx * kx
+        + 2 * u01[:, None, None] * kx * ky[:, None]
+        + u11[:, None, None] * ky[:, None] * ky[:, None]
+    )
+    q = kk[:, None] * radii[:, :, None, None]
+    if dev:
+        profile = np.interp(q, grid, values, right=0.0)
+    else:
+        profile = (1.0 + (q / fits._EXP_HLR_PER_SCALE) ** 2) ** -1.5
+    np.testing.assert_allclose(out, profile * psf[:, None], rtol=1e-13, atol=1e-300)
+
+
+def test_combine_is_nnls() -> None:
+    rng = np.random.default_rng(8)
+    n, size = 40, 15
+    yy, xx = np.indices((size, size)) - size // 2
+    r = np.hypot(xx, yy)
+    e = np.exp(-r / 2.0)[None] * rng.uniform(0.5, 1.5, (n, 1, 1))
+    d = np.exp(-((r + 0.1) ** 0.25) * 3.0)[None] * rng.uniform(0.5, 1.5, (n, 1, 1))
+    # Collinear pairs: identical templates (a point source's exp and deV), and scaled copies.
+    d[:5] = e[:5]
+    d[5:8] = 2.0 * e[5:8]
+    mix = rng.uniform(-1.0, 2.0, (n, 2)) * 100.0
+    weights = rng.uniform(0.5, 2.0, (n, size, size))
+    stamps = mix[:, 0, None, None] * e + mix[:, 1, None, None] * d
+    stamps += rng.normal(0.0, 3.0, stamps.shape) / np.sqrt(weights)
+    valid = np.ones(n, dtype=bool)
+    got = fits._combine((valid, e, np.zeros(n)), (valid, d, np.zeros(n)), weights, stamps)
+    for i in range(n):
+        a = np.stack([e[i].ravel(), d[i].ravel()], axis=1)
+        sw = np.sqrt(weights[i].ravel())
+        coeffs, _ = optimize.nnls(a * sw[:, None], stamps[i].ravel() * sw)
+        if not np.any(coeffs > 0):
+            assert got[i] is None
+            continue
+        result = got[i]
+        assert result is not None
+        flux = coeffs.sum()
+        combined = a @ coeffs
+        err = flux / np.sqrt(np.sum(weights[i].ravel() * combined**2))
+        np.testing.assert_allclose(result[:2], (flux, err), rtol=1e-9)
+        assert result[2] == pytest.approx(coeffs[1] / flux, abs=1e-9)

@@ -1,0 +1,307 @@
+"""Compiled inner loops of the batched PSF and galaxy-model fits (:mod:`._model_fits`).
+
+NumPy built these sums from stacks of temporaries the size of the batch (design
+matrices of the PSF fit, per-pixel profile tables of every template size), so
+most of their time went to memory traffic; here each is one pass over the
+stamps. Compiled by numba (see :mod:`._jit`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ._jit import _compiled
+
+__all__: list[str] = []
+
+
+@_compiled
+def _paste_all(
+    out: NDArray[np.float64],
+    kernels: NDArray[np.float64],
+    x0: NDArray[np.int64],
+    y0: NDArray[np.int64],
+) -> None:  # pragma: no cover - compiled; run through _model_fits
+    """Copy ``kernels[i]`` onto ``out[i]`` with its first pixel at ``(x0[i], y0[i])``, clipped.
+
+    Parameters
+    ----------
+    out : numpy.ndarray, shape (n, size, size)
+        Stamps to paste on (zero where no kernel lands).
+    kernels : numpy.ndarray, shape (n, k, k)
+        The kernels.
+    x0, y0 : numpy.ndarray of int64, shape (n,)
+        Stamp pixel of each kernel's first pixel (may be off the stamp).
+    """
+    n, ky, kx = kernels.shape
+    ty, tx = out.shape[1], out.shape[2]
+    for i in range(n):
+        ys, ye = max(y0[i], 0), min(y0[i] + ky, ty)
+        xs, xe = max(x0[i], 0), min(x0[i] + kx, tx)
+        for y in range(ys, ye):
+            for x in range(xs, xe):
+                out[i, y, x] = kernels[i, y - y0[i], x - x0[i]]
+
+
+@_compiled
+def _psf_normal_equations(
+    model: NDArray[np.float64],
+    weights: NDArray[np.float64],
+    stamps: NDArray[np.float64],
+    normal: NDArray[np.float64],
+    rhs: NDArray[np.float64],
+) -> None:  # pragma: no cover - compiled; run through _model_fits
+    """Build the normal equations of the linearised PSF fit (flux, position shift) per stamp.
+
+    The design columns are the model ``P`` and ``-dP/dx, -dP/dy``, the derivatives
+    as ``numpy.gradient`` takes them (central differences, one-sided on the stamp's
+    edges), over the model's support only (pixels where ``P != 0``).
+
+    Parameters
+    ----------
+    model, weights, stamps : numpy.ndarray, shape (n, size, size)
+        PSF models, inverse-variance weights and images.
+    normal : numpy.ndarray, shape (n, 3, 3)
+        Output: ``D^T W D``.
+    rhs : numpy.ndarray, shape (n, 3)
+        Output: ``D^T W x``.
+    """
+    n, ny, nx = model.shape
+    for i in range(n):
+        a00 = a01 = a02 = a11 = a12 = a22 = 0.0
+        r0 = r1 = r2 = 0.0
+        for y in range(ny):
+            for x in range(nx):
+                p = model[i, y, x]
+                if p == 0.0:
+                    continue
+                if y == 0:
+                    gy = model[i, 1, x] - model[i, 0, x]
+                elif y == ny - 1:
+                    gy = model[i, y, x] - model[i, y - 1, x]
+                else:
+                    gy = (model[i, y + 1, x] - model[i, y - 1, x]) / 2.0
+                if x == 0:
+                    gx = model[i, y, 1] - model[i, y, 0]
+                elif x == nx - 1:
+                    gx = model[i, y, x] - model[i, y, x - 1]
+                else:
+                    gx = (model[i, y, x + 1] - model[i, y, x - 1]) / 2.0
+                w = weights[i, y, x]
+                d1, d2 = -gx, -gy
+                w0, w1, w2 = p * w, d1 * w, d2 * w
+                a00 += w0 * p
+                a01 += w0 * d1
+                a02 += w0 * d2
+                a11 += w1 * d1
+                a12 += w1 * d2
+                a22 += w2 * d2
+                s = stamps[i, y, x]
+                r0 += w0 * s
+                r1 += w1 * s
+                r2 += w2 * s
+        normal[i, 0, 0], normal[i, 0, 1], normal[i, 0, 2] = a00, a01, a02
+        normal[i, 1, 0], normal[i, 1, 1], normal[i, 1, 2] = a01, a11, a12
+        normal[i, 2, 0], normal[i, 2, 1], normal[i, 2, 2] = a02, a12, a22
+        rhs[i, 0], rhs[i, 1], rhs[i, 2] = r0, r1, r2
+
+
+@_compiled
+def _psf_sums(
+    model: NDArray[np.float64],
+    broad: NDArray[np.float64],
+    weights: NDArray[np.float64],
+    stamps: NDArray[np.float64],
+    sums: NDArray[np.float64],
+) -> None:  # pragma: no cover - compiled; run through _model_fits
+    """Weighted sums of the PSF flux and SPREAD_MODEL of each stamp.
+
+    Parameters
+    ----------
+    model, broad, weights, stamps : numpy.ndarray, shape (n, size, size)
+        PSF model ``P``, the PSF convolved with SPREAD_MODEL's exponential ``G``,
+        inverse-variance weights ``W`` and image ``x``.
+    sums : numpy.ndarray, shape (n, 5)
+        Output per stamp: ``P'WP, P'Wx, G'Wx, G'WP`` and
+        ``sum W (G - r P)²`` with ``r = G'Wx / P'Wx`` (``r = G'Wx`` when
+        ``P'Wx <= 0``), the numerator of SPREAD_MODEL's variance.
+    """
+    n, ny, nx = model.shape
+    for i in range(n):
+        pwp = pwx = gwx = gwp = 0.0
+        for y in range(ny):
+            for x in range(nx):
+                w = weights[i, y, x]
+                p, g, s = model[i, y, x], broad[i, y, x], stamps[i, y, x]
+                wp, wg = w * p, w * g
+                pwp += wp * p
+                pwx += wp * s
+                gwx += wg * s
+                gwp += wg * p
+        ratio = gwx / (pwx if pwx > 0 else 1.0)
+        spread_sq = 0.0
+        for y in range(ny):
+            for x in range(nx):
+                w = weights[i, y, x]
+                if w > 0:
+                    r = broad[i, y, x] - ratio * model[i, y, x]
+                    spread_sq += w * r * r
+        sums[i, 0], sums[i, 1], sums[i, 2], sums[i, 3], sums[i, 4] = pwp, pwx, gwx, gwp, spread_sq
+
+
+@_compiled
+def _template_spectra(
+    psf: NDArray[np.complexfloating],
+    u00: NDArray[np.float64],
+    u01: NDArray[np.float64],
+    u11: NDArray[np.float64],
+    kx: NDArray[np.float64],
+    ky: NDArray[np.float64],
+    radii: NDArray[np.float64],
+    dev: bool,
+    grid: NDArray[np.float64],
+    values: NDArray[np.float64],
+    slopes: NDArray[np.float64],
+    work: NDArray[np.floating],
+    out: NDArray[np.complexfloating],
+) -> None:  # pragma: no cover - compiled; run through _model_fits
+    """Fourier transforms of PSF-convolved elliptical profiles, for a set of sizes per source.
+
+    The profile's transform at wavenumber ``k`` is ``F(q)``, ``q = r sqrt(k' U k)``
+    with ``U`` of determinant 1 and ``r`` the half-light radius: for the
+    exponential ``(1 + (q / 1.678...)²)^-1.5``; for de Vaucouleurs the linear
+    interpolation of ``values`` on ``grid`` (``numpy.interp``, 0 beyond the last
+    node). ``grid`` is 0 then nodes uniform in ``log q``, so the interval comes
+    from ``log q`` directly; within 1e-6 of a node (rounding of the logarithm is
+    1e-13) it is checked against the nodes themselves: the same interval, and the
+    same value, as ``numpy.interp``'s search.
+
+    Parameters
+    ----------
+    psf : numpy.ndarray of complex, shape (n, ny, nxh)
+        Each source's PSF transform with the phase ramp to its centre.
+    u00, u01, u11 : numpy.ndarray, shape (n,)
+        Each source's shape matrix ``U``.
+    kx, ky : numpy.ndarray
+        Angular wavenumbers (rad/px) of the columns (nxh) and rows (ny).
+    radii : numpy.ndarray, shape (n, m)
+        Half-light radii (px) of the templates of each source.
+    dev : bool
+        De Vaucouleurs (True) or exponential (False).
+    grid, values, slopes : numpy.ndarray
+        De Vaucouleurs transform table: ``grid[0] = 0``, then geometric nodes; the
+        values there, and the slopes between nodes.
+    work : numpy.ndarray, shape (ny + 1, nxh), float32 or float64
+        Work space. The exponential is computed in its precision: single
+        precision (which vectorises) for templates stored in single precision.
+    out : numpy.ndarray of complex, shape (n, m, ny, nxh)
+        Output: the templates' transforms (complex128 or complex64).
+    """
+    n, ny, nxh = psf.shape
+    m = radii.shape[1]
+    one = work.dtype.type(1.0)
+    inverse_scale = 1.0 / 1.6783469900166608  # exp(-r) has half-light radius 1.678... r
+    last = grid.shape[0] - 1
+    log_first = math.log(grid[1])
+    steps_per_log = (last - 1) / (math.log(grid[last]) - log_first)
+    kk = np.empty((ny, nxh))
+    log_kk = np.empty((ny, nxh))
+    kk_work = work[:ny]
+    profile = work[ny]
+    for i in range(n):
+        for y in range(ny):
+            for x in range(nxh):
+                value = math.sqrt(
+                    u00[i] * kx[x] * kx[x] + 2 * u01[i] * kx[x] * ky[y] + u11[i] * ky[y] * ky[y]
+                )
+                kk[y, x] = value
+                kk_work[y, x] = value
+                if dev:
+                    log_kk[y, x] = math.log(value) if value > 0 else -np.inf
+        for s in range(m):
+            radius = radii[i, s]
+            scale = work.dtype.type(radius * inverse_scale)
+            log_radius = math.log(radius) if radius > 0 else -np.inf
+            for y in range(ny):
+                if not dev:
+                    for x in range(nxh):
+                        t = kk_work[y, x] * scale
+                        t = one + t * t
+                        profile[x] = one / (t * np.sqrt(t))
+                else:
+                    for x in range(nxh):
+                        q = kk[y, x] * radius
+                        if q > grid[last]:
+                            f = 0.0
+                        elif q == grid[last]:
+                            f = values[last]
+                        elif q == 0.0:
+                            f = values[0]
+                        else:
+                            position = (log_kk[y, x] + log_radius - log_first) * steps_per_log
+                            whole = math.floor(position)
+                            j = int(whole) + 1
+                            near = abs(position - whole - 0.5) > 0.5 - 1e-6
+                            if j < 0 or j > last - 1:
+                                j = min(max(j, 0), last - 1)
+                                near = True
+                            if near:
+                                while j < last - 1 and q >= grid[j + 1]:
+                                    j += 1
+                                while j > 0 and q < grid[j]:
+                                    j -= 1
+                            f = values[j] if q == grid[j] else slopes[j] * (q - grid[j]) + values[j]
+                        profile[x] = f
+                for x in range(nxh):
+                    out[i, s, y, x] = psf[i, y, x] * profile[x]
+
+
+@_compiled
+def _weighted_sums(
+    models: NDArray[np.floating],
+    weights: NDArray[np.float64],
+    weighted_data: NDArray[np.float64],
+    den: NDArray[np.float64],
+    num: NDArray[np.float64],
+) -> None:  # pragma: no cover - compiled; run through _model_fits
+    """``sum W t²`` and ``sum W x t`` of every template ``t`` of each source (float64 sums).
+
+    Parameters
+    ----------
+    models : numpy.ndarray, shape (n, m, ny, nx)
+        The templates (float32 or float64).
+    weights, weighted_data : numpy.ndarray, shape (n, ny, nx)
+        Inverse-variance weights ``W`` and ``W x``.
+    den, num : numpy.ndarray, shape (n, m)
+        Outputs.
+    """
+    n, m, ny, nx = models.shape
+    for i in range(n):
+        for s in range(m):
+            # Four partial sums: independent additions keep the pipeline full.
+            d0 = d1 = d2 = d3 = 0.0
+            n0 = n1 = n2 = n3 = 0.0
+            for y in range(ny):
+                x = 0
+                while x + 3 < nx:
+                    t0, t1 = float(models[i, s, y, x]), float(models[i, s, y, x + 1])
+                    t2, t3 = float(models[i, s, y, x + 2]), float(models[i, s, y, x + 3])
+                    d0 += weights[i, y, x] * t0 * t0
+                    d1 += weights[i, y, x + 1] * t1 * t1
+                    d2 += weights[i, y, x + 2] * t2 * t2
+                    d3 += weights[i, y, x + 3] * t3 * t3
+                    n0 += weighted_data[i, y, x] * t0
+                    n1 += weighted_data[i, y, x + 1] * t1
+                    n2 += weighted_data[i, y, x + 2] * t2
+                    n3 += weighted_data[i, y, x + 3] * t3
+                    x += 4
+                while x < nx:
+                    t0 = float(models[i, s, y, x])
+                    d0 += weights[i, y, x] * t0 * t0
+                    n0 += weighted_data[i, y, x] * t0
+                    x += 1
+            den[i, s] = (d0 + d1) + (d2 + d3)
+            num[i, s] = (n0 + n1) + (n2 + n3)
