@@ -13,6 +13,7 @@ from typing import Any
 
 import galsim
 import numpy as np
+from galsim import _galsim
 from numpy.typing import NDArray
 
 from .errors import ToolkitError
@@ -118,38 +119,108 @@ class _PsfMomentGrid:
         )
         raise ToolkitError(msg, value=psf)
 
-    def __call__(self, x: float, y: float) -> tuple[float, float, float, float, float] | None:
-        fx = float(np.interp(x, self.gx, np.arange(_PSF_GRID)))
-        fy = float(np.interp(y, self.gy, np.arange(_PSF_GRID)))
-        i0, j0 = min(int(fx), _PSF_GRID - 2), min(int(fy), _PSF_GRID - 2)
+    def at(
+        self, x: NDArray[np.float64], y: NDArray[np.float64]
+    ) -> list[tuple[float, float, float, float, float] | None]:
+        """Return the interpolated moments at each ``(x, y)`` (px), None where not finite.
+
+        Vectorized over the positions; each is the same bilinear sum, term by term,
+        as for one position.
+        """
+        steps = np.arange(_PSF_GRID)
+        fx = np.interp(x, self.gx, steps)
+        fy = np.interp(y, self.gy, steps)
+        # interp's result is in [0, _PSF_GRID - 1]: truncation is int().
+        i0 = np.minimum(fx.astype(np.intp), _PSF_GRID - 2)
+        j0 = np.minimum(fy.astype(np.intp), _PSF_GRID - 2)
         tx, ty = fx - i0, fy - j0
         v = self.values
-        value = ((1 - tx) * (1 - ty) * v[j0, i0] + tx * (1 - ty) * v[j0, i0 + 1]
-                 + (1 - tx) * ty * v[j0 + 1, i0] + tx * ty * v[j0 + 1, i0 + 1])  # fmt: skip
-        if not np.all(np.isfinite(value)):
+        w00, w01 = ((1 - tx) * (1 - ty))[:, None], (tx * (1 - ty))[:, None]
+        w10, w11 = ((1 - tx) * ty)[:, None], (tx * ty)[:, None]
+        value = (w00 * v[j0, i0] + w01 * v[j0, i0 + 1]
+                 + w10 * v[j0 + 1, i0] + w11 * v[j0 + 1, i0 + 1])  # fmt: skip
+        finite = np.isfinite(value).all(axis=1)
+        return [
+            (row[0], row[1], row[2], row[3], row[4]) if ok else None
+            for row, ok in zip(value.tolist(), finite.tolist(), strict=True)
+        ]
+
+
+class _AdaptiveMoments:
+    """GalSim's HSM adaptive moments of many stamps, through its C++ entry point.
+
+    ``galsim.hsm.FindAdaptiveMom`` wraps every stamp and mask in ``Image`` objects,
+    converts the bad-pixel image into a mask and makes a result object on each
+    call: for thousands of small stamps that cost about half as much as the
+    moments themselves. This calls the C++ routine it calls, with the inputs it
+    would pass (the float64 stamp; an int32 mask, 1 on the pixels used; the
+    stamp's centre as the first centroid; ``guess_sig=2``, ``precision=1e-6`` and
+    the default ``HSMParams``), so the moments are ``FindAdaptiveMom``'s bit for
+    bit; one result object is reused (every field read is rewritten on success).
+    """
+
+    def __init__(self) -> None:
+        self._params = galsim.hsm.HSMParams.default._hsmp
+        self._result = galsim.hsm.ShapeData()._data
+        # GalSim bounds and first centroid of each stamp shape.
+        self._frames: dict[tuple[int, int], tuple[Any, Any]] = {}
+
+    def __call__(
+        self, stamp: NDArray[np.float64], keep: NDArray[np.int32]
+    ) -> tuple[float, float, float, float, float] | None:
+        """Return ``(x, y, ixx, iyy, ixy)`` (0-based stamp px, px²), or None where HSM fails.
+
+        Parameters
+        ----------
+        stamp : numpy.ndarray, shape (ny, nx)
+            C-contiguous float64 pixels.
+        keep : numpy.ndarray, shape (ny, nx)
+            C-contiguous int32: 1 where the pixel is used, 0 where it is bad.
+        """
+        ny, nx = stamp.shape
+        frame = self._frames.get((ny, nx))
+        if frame is None:
+            frame = (
+                _galsim.BoundsI(1, nx, 1, ny),
+                _galsim.PositionD((nx + 1) / 2.0, (ny + 1) / 2.0),
+            )
+            self._frames[ny, nx] = frame
+        bounds, centre = frame
+        # A mask without pixels raises HSMError (a RuntimeError) in the C++ code.
+        image = _galsim.ImageViewD(stamp.ctypes.data, 1, nx, bounds)
+        mask = _galsim.ImageViewI(keep.ctypes.data, 1, nx, bounds)
+        result = self._result
+        try:
+            _galsim.FindAdaptiveMomView(
+                result, image, mask, 2.0, 1.0e-6, centre, False, self._params
+            )
+        except RuntimeError:  # HSMError: no convergence, singular moments, ...
             return None
-        a, b, c, d, e = (float(v) for v in value)
-        return a, b, c, d, e
+        if result.moments_status != 0 or not result.moments_sigma > 0:
+            return None
+        sigma2 = result.moments_sigma**2
+        # FindAdaptiveMom's observed_shape is a Shear: its e1, e2 went through g and
+        # back, which can change their last bits; the same round trip keeps them.
+        shape = galsim.Shear(e1=result.observed_e1, e2=result.observed_e2)
+        e1, e2 = shape.e1, shape.e2
+        norm = sigma2 / np.sqrt(max(1.0 - e1 * e1 - e2 * e2, 1e-12))
+        centroid = result.moments_centroid
+        return (
+            centroid.x - 1.0,
+            centroid.y - 1.0,
+            norm * (1.0 + e1),
+            norm * (1.0 - e1),
+            norm * e2,
+        )
 
 
 def _hsm_moments(
     stamp: NDArray[np.float64], bad: NDArray[np.bool_] | None
 ) -> tuple[float, float, float, float, float] | None:
-    image = galsim.ImageD(np.ascontiguousarray(stamp), scale=1.0)
-    badpix = None if bad is None else galsim.ImageI(bad.astype(np.int32), scale=1.0)
-    try:
-        result = galsim.hsm.FindAdaptiveMom(image, badpix=badpix, strict=False, guess_sig=2.0)
-    except galsim.GalSimError:  # e.g. every pixel masked
-        return None
-    if result.moments_status != 0 or not result.moments_sigma > 0:
-        return None
-    sigma2 = result.moments_sigma**2
-    e1, e2 = result.observed_shape.e1, result.observed_shape.e2
-    norm = sigma2 / np.sqrt(max(1.0 - e1 * e1 - e2 * e2, 1e-12))
-    return (
-        result.moments_centroid.x - 1.0,
-        result.moments_centroid.y - 1.0,
-        norm * (1.0 + e1),
-        norm * (1.0 - e1),
-        norm * e2,
-    )
+    """Adaptive moments ``(x, y, ixx, iyy, ixy)`` of ``stamp`` without its ``bad`` pixels.
+
+    None where HSM fails (see :class:`_AdaptiveMoments`).
+    """
+    stamp = np.ascontiguousarray(stamp, dtype=np.float64)
+    keep = np.ones(stamp.shape, np.int32) if bad is None else (~bad).astype(np.int32)
+    return _AdaptiveMoments()(stamp, keep)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from ._jit import _compiled
 
+_LARGEST = float(np.finfo(np.float64).max)
+
+
+@functools.lru_cache(maxsize=256)
 def good_size(n: int) -> int:
     """Smallest odd integer >= ``n`` whose prime factors are 3, 5 and 7 (fast FFTs)."""
     m = max(int(n), 1)
@@ -58,3 +64,127 @@ def inside_fraction(shape: tuple[int, int], ix: int, iy: int, half: int) -> bool
     """Whether the stamp of half-size ``half`` around ``(ix, iy)`` lies fully inside ``shape``."""
     ny, nx = shape
     return bool(ix - half >= 0 and iy - half >= 0 and ix + half < nx and iy + half < ny)
+
+
+@_compiled
+def _source_planes(
+    image: NDArray[np.floating],
+    variance: NDArray[np.floating],
+    mask: NDArray[np.integer],
+    bad_bits: int,
+    ix: int,
+    iy: int,
+    half: int,
+    own: NDArray[np.float32],
+    own_x0: int,
+    own_y0: int,
+    parent: NDArray[np.float32],
+    parent_x0: int,
+    parent_y0: int,
+    is_child: bool,
+    sat_bit: int,
+    no_data_bit: int,
+) -> tuple[Any, ...]:  # pragma: no cover - compiled
+    """Cut out the planes the measurement step uses for one source, in one pass.
+
+    The stamp is ``image[iy-half:iy+half+1, ix-half:ix+half+1]`` (0 off the
+    image, as float64, NaN as 0 and +-inf as the largest float64, as
+    ``np.nan_to_num``); a deblended child's (``is_child``) is multiplied, inside its
+    parent's footprint (``parent`` weights > 0, box origin ``parent_x0, parent_y0``),
+    by its own weights ``own`` (origin ``own_x0, own_y0``; 0 outside them). A pixel
+    is bad off the image, where the image is not finite, where the variance is not
+    finite and > 0, or where ``mask`` has one of ``bad_bits``.
+
+    Returns
+    -------
+    stamp : float64 array
+        The source's pixels.
+    data : float32 array
+        ``stamp`` with bad pixels 0, as float32: sep works in float32 (it rounds
+        float64 input to the same values).
+    variance : float32 array
+        The variance, 0 on bad pixels.
+    weight : float64 array
+        ``1 / variance``, 0 on bad pixels.
+    bad : bool array
+        The bad pixels.
+    keep : int32 array
+        1 on good pixels, 0 on bad ones (GalSim's mask convention).
+    n_bad : int
+        Bad pixels.
+    near : int
+        The mask bits OR'ed over the 5 x 5 pixels around ``(ix, iy)``
+        (``no_data_bit`` for pixels off the image).
+    footprint_sat : bool
+        Whether a pixel of ``own`` with weight > 0 has ``sat_bit`` set in ``mask``.
+    """
+    ny, nx = image.shape
+    size = 2 * half + 1
+    stamp = np.empty((size, size))
+    data = np.empty((size, size), dtype=np.float32)
+    var_out = np.empty((size, size), dtype=np.float32)
+    weight = np.empty((size, size))
+    bad = np.empty((size, size), dtype=np.bool_)
+    keep = np.empty((size, size), dtype=np.int32)
+    n_bad = 0
+    pny, pnx = parent.shape
+    ony, onx = own.shape
+    for i in range(size):
+        y = iy - half + i
+        for j in range(size):
+            x = ix - half + j
+            if 0 <= y < ny and 0 <= x < nx:
+                value = float(image[y, x])
+                var = float(variance[y, x])
+                is_bad = (
+                    not np.isfinite(value)
+                    or not var > 0
+                    or not np.isfinite(var)
+                    or (mask[y, x] & bad_bits) != 0
+                )
+            else:
+                value = 0.0
+                var = np.inf
+                is_bad = True
+            if np.isnan(value):
+                value = 0.0
+            elif value == np.inf:
+                value = _LARGEST
+            elif value == -np.inf:
+                value = -_LARGEST
+            if is_child:
+                py, px = y - parent_y0, x - parent_x0
+                if 0 <= py < pny and 0 <= px < pnx and parent[py, px] > 0:
+                    oy, ox = y - own_y0, x - own_x0
+                    share = np.float32(0.0)
+                    if 0 <= oy < ony and 0 <= ox < onx:
+                        share = own[oy, ox]
+                    value = value * float(share)
+            stamp[i, j] = value
+            bad[i, j] = is_bad
+            if is_bad:
+                n_bad += 1
+                keep[i, j] = 0
+                data[i, j] = 0.0
+                var_out[i, j] = 0.0
+                weight[i, j] = 0.0
+            else:
+                keep[i, j] = 1
+                data[i, j] = np.float32(value)
+                var_out[i, j] = np.float32(var)
+                weight[i, j] = 1.0 / var
+    near = 0
+    for y in range(iy - 2, iy + 3):
+        for x in range(ix - 2, ix + 3):
+            if 0 <= y < ny and 0 <= x < nx:
+                near |= mask[y, x]
+            else:
+                near |= no_data_bit
+    footprint_sat = False
+    if sat_bit:
+        for i in range(ony):
+            for j in range(onx):
+                y, x = own_y0 + i, own_x0 + j
+                if own[i, j] > 0 and 0 <= y < ny and 0 <= x < nx and mask[y, x] & sat_bit:
+                    footprint_sat = True
+    return stamp, data, var_out, weight, bad, keep, n_bad, near, footprint_sat

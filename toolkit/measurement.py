@@ -41,12 +41,11 @@ from astropy.table import Column, Table
 from numpy.typing import NDArray
 
 from ._model_fits import _fit_batch, _FitInput
-from ._moments import _hsm_moments, _psf_stamp, _PsfMomentGrid
-from ._stamps import cutout, good_size
+from ._moments import _AdaptiveMoments, _psf_stamp, _PsfMomentGrid
+from ._stamps import _source_planes, good_size
 from .deblend import Deblended
 from .exposure import Exposure
 from .flags import SourceFlag
-from .mask import _bits_set
 
 __all__ = ["MeasurementConfig", "Measurements", "measure_sources"]
 
@@ -55,6 +54,37 @@ log = logging.getLogger(__name__)
 _EXTENDEDNESS_RATIO = 0.985
 # Sources per batch of PSF and galaxy-model fits (memory ~ 2 x 9 x batch stamps).
 _FIT_BATCH = 32
+# Flag bits as plain integers: IntFlag arithmetic costs microseconds per source.
+_BLENDED = int(SourceFlag.BLENDED)
+_PARENT = int(SourceFlag.PARENT)
+_DEBLEND_SKIPPED = int(SourceFlag.DEBLEND_SKIPPED)
+_SATURATED = int(SourceFlag.SATURATED)
+_SATURATED_CENTER = int(SourceFlag.SATURATED_CENTER)
+_CR_CENTER = int(SourceFlag.CR_CENTER)
+_INTERPOLATED_CENTER = int(SourceFlag.INTERPOLATED_CENTER)
+_BAD_CENTER = int(SourceFlag.BAD_CENTER)
+_EDGE = int(SourceFlag.EDGE)
+_BAD_MOMENTS = int(SourceFlag.BAD_MOMENTS)
+_BAD_CENTROID = int(SourceFlag.BAD_CENTROID)
+_APERTURE_TRUNCATED = int(SourceFlag.APERTURE_TRUNCATED)
+_PSF_FLUX_FAILED = int(SourceFlag.PSF_FLUX_FAILED)
+_MODEL_FLUX_FAILED = int(SourceFlag.MODEL_FLUX_FAILED)
+_KRON_FAILED = int(SourceFlag.KRON_FAILED)
+# A source queued for the fits: a _FitInput without the PSF moments, and its centroid
+# in image pixels, where they are interpolated (for the whole batch at once).
+_Queued = tuple[
+    int,
+    NDArray[np.float64],
+    NDArray[np.float64],
+    NDArray[np.float64],
+    float,
+    float,
+    int,
+    int,
+    tuple[float, float, float, float, float] | None,
+    float,
+    float,
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -191,15 +221,13 @@ def measure_sources(
     # float32 planes as they are (no full-size float64 copies); stamps are float64.
     image = exposure.image
     variance = exposure.variance
-    # Pixels left out of every sum and fit, as one boolean image (one cut-out per source).
-    unusable = ~np.isfinite(exposure.image) | ~(variance > 0) | ~np.isfinite(variance)
-    if bad_bits:
-        _bits_set(exposure.mask, bad_bits, into=unusable)
     planes_map = exposure.mask_planes
     bits = {
         name: planes_map.bitmask(name) if name in planes_map else 0
         for name in ("SAT", "CR", "INTRP", "BAD", "NO_DATA")
     }
+    sat_bit, cr_bit, intrp_bit = bits["SAT"], bits["CR"], bits["INTRP"]
+    bad_bit, no_data_bit = bits["BAD"], bits["NO_DATA"]
     src = sources.sources
     n = len(src)
     radii = config.aperture_radii_px
@@ -225,7 +253,7 @@ def measure_sources(
     )
     index_of = {int(i): k for k, i in enumerate(src["id"])}
     # PSF and galaxy-model fits wait for a batch of sources with stamps of one size.
-    pending: dict[tuple[int, int], list[_FitInput]] = {}
+    pending: dict[tuple[int, int], list[_Queued]] = {}
     # Plain lists: indexing a Table column per source costs more than the maths.
     peak_xs, peak_ys = src["peak_x"].tolist(), src["peak_y"].tolist()
     if "template_x" in src.colnames:
@@ -236,102 +264,101 @@ def measure_sources(
         peak_ys = np.floor(np.asarray(src["template_y"], dtype=float) + 0.5).astype(int).tolist()
     parents, n_children = src["parent"].tolist(), src["n_children"].tolist()
     skipped = src["deblend_skipped"].tolist()
+    moments = _AdaptiveMoments()
+    radii_row = np.array(radii)[None, :]
+    min_half, max_half = radii[-1] + 3, config.max_stamp_half_px
+    xs, ys = out["x"], out["y"]
     for k in range(n):
         f = 0
         px0, py0 = int(peak_xs[k]), int(peak_ys[k])
         heavy = sources.heavy_footprints[k]
         parent = int(parents[k])
         if parent or n_children[k]:
-            f |= SourceFlag.BLENDED
+            f |= _BLENDED
         if n_children[k]:
-            f |= SourceFlag.PARENT
+            f |= _PARENT
         if skipped[k]:
-            f |= SourceFlag.DEBLEND_SKIPPED | SourceFlag.BLENDED
-        sl = heavy.slices
-        parent_fp = sources.heavy_footprints[index_of[parent]] if parent else None
-        if np.any(exposure.mask[sl][heavy.weights > 0] & bits["SAT"]):
-            f |= SourceFlag.SATURATED
+            f |= _DEBLEND_SKIPPED | _BLENDED
+        parent_fp = sources.heavy_footprints[index_of[parent]] if parent else heavy
         fy, fx = heavy.weights.shape
-        half = int(np.clip(max(fy, fx) // 2 + 6, radii[-1] + 3, config.max_stamp_half_px))
+        # np.clip's min(max(...)) on Python numbers: the same integer for less.
+        half = int(min(max(max(fy, fx) // 2 + 6, min_half), max_half))
         if psf_half is not None:
             half = max(half, psf_half + 2)
         half = good_size(2 * half + 1) // 2  # FFT-friendly stamp size
-        stamp = np.nan_to_num(cutout(image, px0, py0, half).astype(np.float64))
-        var = cutout(variance, px0, py0, half, fill=np.inf).astype(np.float64)
-        bad = cutout(unusable, px0, py0, half, fill=True)
-        if parent_fp is not None:
-            # A child's own image: siblings' shares removed inside the parent footprint.
-            box = (px0 - half, py0 - half, stamp.shape)
-            in_parent = parent_fp.weights_on(*box) > 0
-            stamp = stamp * np.where(in_parent, heavy.weights_on(*box), 1.0)
+        # Stamp, good-pixel planes and the mask tests, in one compiled pass; a child's
+        # own image has its siblings' shares removed inside the parent footprint.
+        # Bad pixels (left out of every sum and fit): off the image, non-finite image,
+        # variance not finite and > 0, or one of the bad mask planes.
+        stamp, data, var_c, w, bad, keep, n_bad, near, footprint_sat = _source_planes(
+            image, variance, exposure.mask, bad_bits, px0, py0, half,
+            heavy.weights, heavy.x0, heavy.y0, parent_fp.weights, parent_fp.x0, parent_fp.y0,
+            bool(parent), sat_bit, no_data_bit,
+        )  # fmt: skip
+        if footprint_sat:
+            f |= _SATURATED
         ox, oy = px0 - half, py0 - half
-        near = int(
-            np.bitwise_or.reduce(
-                cutout(exposure.mask, px0, py0, 2, fill=bits["NO_DATA"]), axis=None
-            )
-        )
-        if near & bits["SAT"]:
-            f |= SourceFlag.SATURATED_CENTER
-        if near & bits["CR"]:
-            f |= SourceFlag.CR_CENTER
-        if near & bits["INTRP"]:
-            f |= SourceFlag.INTERPOLATED_CENTER
-        if near & (bits["BAD"] | bits["NO_DATA"]):
-            f |= SourceFlag.BAD_CENTER
-        if px0 - half < 0 or py0 - half < 0 or px0 + half >= nx or py0 + half >= ny:
-            f |= SourceFlag.EDGE
+        if near & sat_bit:
+            f |= _SATURATED_CENTER
+        if near & cr_bit:
+            f |= _CR_CENTER
+        if near & intrp_bit:
+            f |= _INTERPOLATED_CENTER
+        if near & (bad_bit | no_data_bit):
+            f |= _BAD_CENTER
+        if ox < 0 or oy < 0 or px0 + half >= nx or py0 + half >= ny:
+            f |= _EDGE
         # Adaptive moments and centroid.
-        shape = _hsm_moments(stamp, bad)
+        shape = moments(stamp, keep)
         cx, cy = float(half), float(half)
         if shape is None:
-            f |= SourceFlag.BAD_MOMENTS
+            f |= _BAD_MOMENTS
         else:
             sx, sy, ixx, iyy, ixy = shape
             out["ixx"][k], out["iyy"][k], out["ixy"][k] = ixx, iyy, ixy
             if np.hypot(sx - half, sy - half) > 2.0:
-                f |= SourceFlag.BAD_CENTROID
+                f |= _BAD_CENTROID
             else:
                 cx, cy = sx, sy
-        out["x"][k], out["y"][k] = cx + ox, cy + oy
-        # Apertures (sep needs C-contiguous native float arrays).
-        data = np.ascontiguousarray(np.where(bad, 0.0, stamp))
-        var_c = np.ascontiguousarray(np.where(bad | ~np.isfinite(var), 0.0, var))
-        bad_c = np.ascontiguousarray(bad)
+        gx, gy = cx + ox, cy + oy
+        xs[k], ys[k] = gx, gy
+        # Apertures (sep needs C-contiguous native arrays, as these are). Without a bad
+        # pixel the mask changes nothing (sep scales circular sums by area / unmasked
+        # area, exactly 1) but costs a quarter of the time: it is left out.
+        x_arr, y_arr = np.array([cx]), np.array([cy])
+        circle_mask = bad if n_bad else None
         fl, fe, ff = sep.sum_circle(
-            data, np.array([cx]), np.array([cy]), np.array(radii)[None, :], var=var_c,
-            mask=bad_c, subpix=5,
+            data, x_arr, y_arr, radii_row, var=var_c, mask=circle_mask, subpix=5
         )  # fmt: skip
         aper[k], aper_err[k] = fl[0], fe[0]
-        if np.any(ff) or np.any(radii[-1] > np.array([cx, cy, 2 * half - cx, 2 * half - cy])):
-            f |= SourceFlag.APERTURE_TRUNCATED
+        edge = 2 * half
+        r_max = radii[-1]
+        if ff.any() or r_max > cx or r_max > cy or r_max > edge - cx or r_max > edge - cy:
+            f |= _APERTURE_TRUNCATED
         # Kron.
-        f |= _kron(data, var_c, bad_c, cx, cy, shape, config, out, k)
+        f |= _kron(data, var_c, bad, circle_mask, x_arr, y_arr, shape, config, out, k)
         # PSF flux and the PSF's moments.
-        gx, gy = cx + ox, cy + oy
         # The centroid may sit on a NO_DATA pixel next to the data; the stamp's centre
         # (the peak, or a deblended child's template centre) is the fallback.
         kernel = None if psf is None else _psf_stamp(psf, gx, gy)
         if kernel is None and psf is not None:
             kernel = _psf_stamp(psf, float(px0), float(py0))
         if kernel is None or psf_grid is None:
-            f |= SourceFlag.PSF_FLUX_FAILED | SourceFlag.MODEL_FLUX_FAILED
+            f |= _PSF_FLUX_FAILED | _MODEL_FLUX_FAILED
             flags[k] = f
             continue
         psf_half = kernel.shape[0] // 2
-        pm = psf_grid(gx, gy)
-        if pm is not None:
-            out["psf_ixx"][k], out["psf_iyy"][k], out["psf_ixy"][k] = pm[2:]
-        # Inverse-variance weights, 0 on bad pixels: shared by the PSF and model fits.
-        w = np.where(bad | ~np.isfinite(var) | ~(var > 0), 0.0, 1.0 / np.where(var > 0, var, 1.0))
         flags[k] = f
-        # PSF and galaxy-model fits go by batches of stamps of one size.
+        # PSF and galaxy-model fits go by batches of stamps of one size. The fits
+        # weight with w (inverse variance, 0 on bad pixels).
         key = (stamp.shape[0], kernel.shape[0])
         batch = pending.setdefault(key, [])
-        batch.append((k, stamp, w, kernel, cx, cy, ox, oy, shape, pm))
+        batch.append((k, stamp, w, kernel, cx, cy, ox, oy, shape, gx, gy))
         if len(batch) >= _FIT_BATCH:
-            _fit_batch(pending.pop(key), out, flags, fit_models=config.fit_models)
-    for batch in pending.values():
-        _fit_batch(batch, out, flags, fit_models=config.fit_models)
+            _fit_queued(pending.pop(key), psf_grid, out, flags, config)
+    if psf_grid is not None:  # sources are only queued with a PSF
+        for batch in pending.values():
+            _fit_queued(batch, psf_grid, out, flags, config)
     catalog = Table()
     catalog["id"] = np.asarray(src["id"])
     catalog["parent"] = np.asarray(src["parent"])
@@ -386,12 +413,30 @@ def extendedness(
     return np.where(np.isfinite(fp) & np.isfinite(fm), value, np.nan)
 
 
+def _fit_queued(
+    batch: list[_Queued],
+    psf_grid: _PsfMomentGrid,
+    out: dict[str, NDArray[Any]],
+    flags: NDArray[np.int64],
+    config: MeasurementConfig,
+) -> None:
+    """Interpolate the PSF moments at a batch of queued sources, then fit them (``_fit_batch``)."""
+    moments = psf_grid.at(np.array([q[9] for q in batch]), np.array([q[10] for q in batch]))
+    fit_inputs: list[_FitInput] = []
+    for (k, stamp, w, kernel, cx, cy, ox, oy, shape, _, _), pm in zip(batch, moments, strict=True):
+        if pm is not None:
+            out["psf_ixx"][k], out["psf_iyy"][k], out["psf_ixy"][k] = pm[2:]
+        fit_inputs.append((k, stamp, w, kernel, cx, cy, ox, oy, shape, pm))
+    _fit_batch(fit_inputs, out, flags, fit_models=config.fit_models)
+
+
 def _kron(
-    data: NDArray[np.float64],
-    var: NDArray[np.float64],
+    data: NDArray[np.float32],
+    var: NDArray[np.float32],
     bad: NDArray[np.bool_],
-    cx: float,
-    cy: float,
+    circle_mask: NDArray[np.bool_] | None,
+    x: NDArray[np.float64],
+    y: NDArray[np.float64],
     shape: tuple[float, float, float, float, float] | None,
     config: MeasurementConfig,
     out: dict[str, NDArray[Any]],
@@ -399,26 +444,30 @@ def _kron(
 ) -> int:
     """Measure the Kron radius (units of ``a, b``) and Kron flux into ``out[...][k]``.
 
-    Returns the flag bits to set (``KRON_FAILED`` or 0).
+    ``x, y`` are the centre (stamp pixels) as one-element arrays; ``circle_mask`` is
+    ``bad``, or None when no pixel is bad: the Kron radius and circular sums then
+    need no mask, while an ellipse is summed with it (a needle-thin ellipse could
+    cover no pixel centre, where sep's masked sum is NaN). Returns the flag bits to
+    set (``KRON_FAILED`` or 0).
     """
     if shape is None:
-        return int(SourceFlag.KRON_FAILED)
+        return _KRON_FAILED
     _, _, ixx, iyy, ixy = shape
     mean, diff = 0.5 * (ixx + iyy), np.hypot(0.5 * (ixx - iyy), ixy)
     a = np.array([np.sqrt(mean + diff)])
     b = np.array([np.sqrt(max(mean - diff, 1e-6))])
     theta = np.array([0.5 * np.arctan2(2.0 * ixy, ixx - iyy)])
-    x, y = np.array([cx]), np.array([cy])
-    kr, kflag = sep.kron_radius(data, x, y, a, b, theta, 6.0, mask=bad)
-    if not np.isfinite(kr[0]) or kr[0] <= 0 or kflag[0]:
-        return int(SourceFlag.KRON_FAILED)
-    radius = config.kron_factor * kr[0]
+    kr, kflag = sep.kron_radius(data, x, y, a, b, theta, 6.0, mask=circle_mask)
+    kron_radius = float(kr[0])
+    if not np.isfinite(kron_radius) or kron_radius <= 0 or kflag[0]:
+        return _KRON_FAILED
+    radius = config.kron_factor * kron_radius
     if radius * np.sqrt(a[0] * b[0]) < config.kron_min_radius_px:
         flux, err, _ = sep.sum_circle(
-            data, x, y, config.kron_min_radius_px, var=var, mask=bad, subpix=1
+            data, x, y, config.kron_min_radius_px, var=var, mask=circle_mask, subpix=1
         )
     else:
         flux, err, _ = sep.sum_ellipse(data, x, y, a, b, theta, radius, var=var, mask=bad, subpix=1)
-    out["kron_radius"][k] = kr[0]
+    out["kron_radius"][k] = kron_radius
     out["flux_kron"][k], out["flux_kron_err"][k] = flux[0], err[0]
     return 0

@@ -38,6 +38,23 @@ def _terms(u: NDArray[np.float64], v: NDArray[np.float64], order: int) -> NDArra
     return np.stack([u**i * v**j for i in range(order + 1) for j in range(order + 1 - i)], axis=-1)
 
 
+def _terms_at(u: float, v: float, order: int) -> NDArray[np.float64]:
+    """:func:`_terms` of one position, as Python floats where that gives the same bits.
+
+    Bit for bit what ``_terms`` gives for 0-d arrays (a PSF stamp is evaluated
+    once per source, and NumPy's overhead on 0-d arrays was most of its cost):
+    NumPy computes ``u**0, u**1, u**2`` as ``1, u, u*u``, and higher powers with
+    its own ``power`` loop, which can differ from Python's ``**`` in the last bit.
+    """
+    ups = [1.0, u, u * u]
+    vps = [1.0, v, v * v]
+    if order > 2:
+        high = np.arange(3, order + 1)
+        ups += (np.float64(u) ** high).tolist()
+        vps += (np.float64(v) ** high).tolist()
+    return np.array([ups[i] * vps[j] for i in range(order + 1) for j in range(order + 1 - i)])
+
+
 def _n_terms(order: int) -> int:
     return (order + 1) * (order + 2) // 2
 
@@ -100,12 +117,14 @@ class PsfModel:
         x, y : float
             Detector position (pixels, 0-based).
         """
-        t = _terms(
-            np.asarray((x - self.x_center) / self.scale),
-            np.asarray((y - self.y_center) / self.scale),
+        t = _terms_at(
+            float((x - self.x_center) / self.scale),
+            float((y - self.y_center) / self.scale),
             self.spatial_order,
         )
-        stamp = np.tensordot(t, self.coefficients, axes=1)
+        n = self.stamp_size
+        # The product np.tensordot(t, coefficients, axes=1) makes, without its overhead.
+        stamp = np.dot(t[None, :], self.coefficients.reshape(len(t), n * n)).reshape(n, n)
         total = stamp.sum()
         return np.asarray(stamp / total if total != 0 else stamp)
 
