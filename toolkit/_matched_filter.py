@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import fft
 
+from ._jit import _compiled
 from .exposure import Exposure
 
 if TYPE_CHECKING:
@@ -140,12 +141,26 @@ def _matched_filter(
             transformed *= transform
             smoothed_noise.append(fft.irfft2(transformed, s=shape, overwrite_x=True)[keep])
             del transformed
-        smoothed, noise2 = smoothed_noise
-        # In place: the strip's temporaries are what this function's memory costs.
-        np.maximum(noise2, np.float32(1e-30), out=noise2)
-        np.sqrt(noise2, out=noise2)
-        np.divide(smoothed, noise2, out=out[y0:y1])
+        _signal_to_noise(*smoothed_noise, out[y0:y1])
     return out
+
+
+@_compiled
+def _signal_to_noise(
+    smoothed: NDArray[np.float32], noise2: NDArray[np.float32], out: NDArray[np.float32]
+) -> None:  # pragma: no cover - compiled
+    """``out = smoothed / sqrt(max(noise2, 1e-30))`` in float32, in one pass without temporaries.
+
+    NaN stays NaN (as NumPy's ``maximum`` propagates it).
+    """
+    tiny = np.float32(1e-30)
+    ny, nx = out.shape
+    for y in range(ny):
+        for x in range(nx):
+            n2 = noise2[y, x]
+            if n2 < tiny:
+                n2 = tiny
+            out[y, x] = smoothed[y, x] / np.sqrt(n2)
 
 
 def _smoothed_at(

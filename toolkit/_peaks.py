@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from ._footprint_spans import _grow, _label_compact, _label_spans
+from ._jit import _compiled
 from .exposure import Exposure
 
 _FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
@@ -24,31 +25,106 @@ def _saturated_stars(
     """Saturated stars as spans ``(star, y, x_start, x_stop)`` sorted by y and x, and centres.
 
     A saturated star is its core and bleed trail plus a margin of two PSF FWHM
-    (stars 1, 2, ...); its centre ``(y, x)`` (row ``k`` of the second array) is the
-    middle of its saturated pixels' bounding box.
+    (stars 1, 2, ..., numbered in raster order of their first pixel); its centre
+    ``(y, x)`` (row ``k`` of the second array) is the middle of its saturated pixels'
+    bounding box.
     """
     no_stars = (np.zeros((0, 4), dtype=np.int32), np.zeros((1, 2), dtype=np.int64))
     if "SAT" not in exposure.mask_planes:
         return no_stars
-    saturated = exposure.plane("SAT")
-    if not saturated.any():
+    sat_y, sat_x = _pixels_with_bits(exposure.mask, exposure.mask_planes.bitmask("SAT"))
+    if len(sat_y) == 0:
         return no_stars
-    sat_grown = _grow(saturated, 2.0 * _FWHM_PER_SIGMA * sigma_px)
-    sat_labels, n = _label_compact(sat_grown, np.ones((3, 3), dtype=bool))
-    del sat_grown
-    centres = np.zeros((n + 1, 2), dtype=np.int64)
-    for k, sl in enumerate(ndimage.find_objects(sat_labels), start=1):
-        if sl is None:
-            continue
-        core = saturated[sl] & (sat_labels[sl] == k)
-        ys, xs = np.nonzero(core)
-        centres[k] = (
-            round((ys.min() + ys.max()) / 2) + sl[0].start,
-            round((xs.min() + xs.max()) / 2) + sl[1].start,
-        )
-    spans = _label_spans(sat_labels)
+    radius = 2.0 * _FWHM_PER_SIGMA * sigma_px
+    # The margin grows by at most round(radius) pixels along either axis: boxes that
+    # hold every saturated pixel with this margin (plus one) and do not overlap hold
+    # whole stars, and stars in different boxes never touch. Growing and labelling the
+    # boxes gives what the whole image would, at a fraction of its cost.
+    margin = max(round(radius), 0) + 1
+    ny, nx = exposure.shape
+    spans_by_box, centres_by_box = [], []
+    for (y0, y1), rows in _intervals(sat_y, margin, ny):
+        for (x0, x1), _ in _intervals(sat_x[rows], margin, nx):
+            box = (slice(y0, y1), slice(x0, x1))
+            saturated = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+            inside = rows[(sat_x[rows] >= x0) & (sat_x[rows] < x1)]
+            saturated[sat_y[inside] - y0, sat_x[inside] - x0] = True
+            sat_labels, n = _label_compact(_grow(saturated, radius), np.ones((3, 3), dtype=bool))
+            centres = np.zeros((n, 2), dtype=np.int64)
+            for k, sl in enumerate(ndimage.find_objects(sat_labels), start=1):
+                core = saturated[sl] & (sat_labels[sl] == k)
+                ys, xs = np.nonzero(core)
+                centres[k - 1] = (
+                    round((ys.min() + ys.max()) / 2) + sl[0].start + y0,
+                    round((xs.min() + xs.max()) / 2) + sl[1].start + x0,
+                )
+            spans = _label_spans(sat_labels)
+            spans[:, 1] += box[0].start
+            spans[:, 2:] += box[1].start
+            spans_by_box.append(spans)
+            centres_by_box.append(centres)
+    # Stars numbered as a whole-image labelling would: by their first pixel in raster
+    # order (each box's spans are sorted by star, then y, then x).
+    firsts, offset = [], 0
+    for spans in spans_by_box:
+        first = np.flatnonzero(np.r_[True, spans[1:, 0] != spans[:-1, 0]])
+        firsts.append(spans[first, 1:3].astype(np.int64))
+        spans[:, 0] += offset
+        offset += len(first)
+    first_pixel = np.concatenate(firsts)
+    number = np.empty(offset + 1, dtype=np.int32)
+    number[1:][np.lexsort((first_pixel[:, 1], first_pixel[:, 0]))] = np.arange(
+        1, offset + 1, dtype=np.int32
+    )
+    spans = np.concatenate(spans_by_box)
+    spans[:, 0] = number[spans[:, 0]]
+    centres = np.zeros((offset + 1, 2), dtype=np.int64)
+    centres[number[1:]] = np.concatenate(centres_by_box)
     order = np.lexsort((spans[:, 2], spans[:, 1]))
     return np.ascontiguousarray(spans[order]), centres
+
+
+def _intervals(
+    coordinate: NDArray[np.intp], margin: int, size: int
+) -> list[tuple[tuple[int, int], NDArray[np.intp]]]:
+    """Merge ``[c - margin, c + margin]`` (clipped to ``range(size)``) over the coordinates.
+
+    Returns each merged interval as ``(start, stop)`` with the indices of the
+    coordinates in it.
+    """
+    order = np.argsort(coordinate, kind="stable")
+    value = coordinate[order]
+    # A new interval starts where the previous coordinate's reach ends before this one's.
+    breaks = np.flatnonzero(value[1:] - value[:-1] > 2 * margin) + 1
+    out = []
+    for group in np.split(np.arange(len(value)), breaks):
+        start = max(int(value[group[0]]) - margin, 0)
+        stop = min(int(value[group[-1]]) + margin + 1, size)
+        out.append(((start, stop), order[group]))
+    return out
+
+
+@_compiled
+def _pixels_with_bits(
+    mask: NDArray[np.int32], bits: int
+) -> tuple[NDArray[np.intp], NDArray[np.intp]]:  # pragma: no cover - compiled
+    """``np.nonzero(mask & bits)`` in one pass, without a boolean image."""
+    ny, nx = mask.shape
+    count = 0
+    for y in range(ny):
+        for x in range(nx):
+            if mask[y, x] & bits:
+                count += 1
+    ys = np.empty(count, dtype=np.intp)
+    xs = np.empty(count, dtype=np.intp)
+    i = 0
+    for y in range(ny):
+        for x in range(nx):
+            if mask[y, x] & bits:
+                ys[i] = y
+                xs[i] = x
+                i += 1
+    return ys, xs
 
 
 def _star_under(
@@ -75,18 +151,38 @@ def _local_maxima(
     """Pixels of ``where`` not below any of their 8 neighbours (edges repeat outward).
 
     The same as comparing with a 3x3 maximum filter in ``"nearest"`` mode, but only
-    at the pixels asked about, not over the whole image.
+    at the pixels asked about, not over the whole image; in raster order.
     """
-    ys, xs = np.nonzero(where)
+    return _local_maxima_kernel(image, np.ascontiguousarray(where))
+
+
+@_compiled
+def _local_maxima_kernel(
+    image: NDArray[np.float32], where: NDArray[np.bool_]
+) -> tuple[NDArray[np.intp], NDArray[np.intp]]:  # pragma: no cover - compiled
     ny, nx = image.shape
-    value = image[ys, xs]
-    keep = np.ones(len(ys), dtype=bool)
-    for dy in (-1, 0, 1):
-        yn = np.clip(ys + dy, 0, ny - 1)
-        for dx in (-1, 0, 1):
-            if dy or dx:
-                keep &= value >= image[yn, np.clip(xs + dx, 0, nx - 1)]
-    return ys[keep], xs[keep]
+    found_y = np.empty(1024, dtype=np.intp)
+    found_x = np.empty(1024, dtype=np.intp)
+    count = 0
+    for y in range(ny):
+        for x in range(nx):
+            if not where[y, x]:
+                continue
+            value = image[y, x]
+            peak = True
+            for dy in range(-1, 2):
+                yn = min(max(y + dy, 0), ny - 1)
+                for dx in range(-1, 2):
+                    if (dy or dx) and not value >= image[yn, min(max(x + dx, 0), nx - 1)]:
+                        peak = False
+            if not peak:
+                continue
+            if count == len(found_y):  # grow the lists (amortised doubling)
+                found_y = np.concatenate((found_y, np.empty(count, dtype=np.intp)))
+                found_x = np.concatenate((found_x, np.empty(count, dtype=np.intp)))
+            found_y[count], found_x[count] = y, x
+            count += 1
+    return found_y[:count].copy(), found_x[:count].copy()
 
 
 def _dips(

@@ -31,6 +31,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from ._jit import _compiled
+
 # Rows per strip, and pixels per chunk of a strip: the pixel lists and (pixel, peak)
 # pairs stay small whatever the image size and crowding.
 _STRIP_ROWS = 256
@@ -164,6 +166,21 @@ def _chunk_candidates(
     return ys[pixels[keep]], xs[pixels[keep]], excess[keep]
 
 
+@_compiled
+def _searched(
+    labels: NDArray[np.integer], excluded: NDArray[np.bool_], n_footprints: int
+) -> NDArray[np.bool_]:  # pragma: no cover - compiled
+    """Footprints ``0..n`` to search: those with no excluded pixel (never 0, the background)."""
+    searched = np.ones(n_footprints + 1, dtype=np.bool_)
+    searched[0] = False
+    ny, nx = labels.shape
+    for y in range(ny):
+        for x in range(nx):
+            if excluded[y, x]:
+                searched[labels[y, x]] = False
+    return searched
+
+
 def _symmetry_peaks(
     significance: NDArray[np.float32],
     labels: NDArray[np.integer],
@@ -219,11 +236,7 @@ def _symmetry_peaks(
     # the noise's, sqrt(2) sigma / (S/N) for a point source of S/N S.
     peak_value = np.maximum(significance[py, px].astype(np.float64), 1.0)
     centre_error2 = _CENTRE_ERROR_PX**2 + 2.0 * (sigma_px / peak_value) ** 2
-    searched = np.ones(n_footprints + 1, dtype=bool)
-    searched[0] = False
-    for y_start in range(0, ny, _STRIP_ROWS):
-        rows = slice(y_start, y_start + _STRIP_ROWS)
-        searched[labels[rows][excluded[rows]]] = False
+    searched = _searched(labels, excluded, n_footprints)
     peak_tree = cKDTree(np.column_stack([cx, cy]))
     reach = _REACH_SIGMA * sigma_px
     # Only pixels at least sqrt(2) threshold bright are searched: with a mirror image

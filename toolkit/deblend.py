@@ -26,17 +26,26 @@ Ids follow LSST catalogs: every source has an ``id``; a deblended child has
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from astropy.table import Table
-from numpy.typing import NDArray
-from scipy import sparse
+from numpy.typing import ArrayLike, NDArray
 from scipy.spatial import cKDTree
 
+from ._deblend_kernels import (
+    _amplitudes_csr,
+    _centroid_light,
+    _children,
+    _crowded,
+    _footprint_stamp,
+    _monotonic_inplace,
+    _normalised_weights,
+    _template_pixels,
+    _window_start,
+)
 from .detection import Detections
 from .exposure import Exposure
 
@@ -44,6 +53,9 @@ __all__ = ["DeblendConfig", "Deblended", "HeavyFootprint", "deblend_sources"]
 
 log = logging.getLogger(__name__)
 
+# The templates as one sparse matrix: CSR arrays (indptr, indices, values), a row each.
+_Csr = tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.floating]]
+# Multiplicative updates of the template amplitudes (non-negative least squares).
 _AMPLITUDE_ITERATIONS = 50
 _STRAY_NEIGHBOURS = 4
 # Re-centring: half-width of the box (px) and Gaussian weight exp(-r² w), w = 1 / (2 sigma²)
@@ -172,7 +184,11 @@ class Deblended:
 
 
 def deblend_sources(
-    exposure: Exposure, detections: Detections, config: DeblendConfig | None = None
+    exposure: Exposure,
+    detections: Detections,
+    config: DeblendConfig | None = None,
+    *,
+    footprint_ids: ArrayLike | None = None,
 ) -> Deblended:
     """Split blended footprints into children.
 
@@ -184,6 +200,11 @@ def deblend_sources(
         From :func:`~stacklab.toolkit.detect_sources`.
     config : DeblendConfig, optional
         Settings; defaults when omitted.
+    footprint_ids : array_like of int, optional
+        Deblend only these footprints (``id`` of :attr:`Detections.footprints`) and
+        leave the others out of the result, for a caller that needs a few of them
+        (:func:`~stacklab.toolkit.process_frame` fits the PSF on bright ones only);
+        all footprints when omitted. Sources are numbered 1, 2, ... either way.
 
     Returns
     -------
@@ -193,7 +214,8 @@ def deblend_sources(
     Raises
     ------
     ValueError
-        If the detections were made on an image of another shape.
+        If the detections were made on an image of another shape, or
+        ``footprint_ids`` holds an id that is not a footprint's.
 
     Examples
     --------
@@ -229,9 +251,13 @@ def deblend_sources(
     n_pixels = footprints["n_pixels"].tolist()
     peak_x, peak_y = np.asarray(peaks["x"]), np.asarray(peaks["y"])
     peak_significance = np.asarray(peaks["significance"])
+    chosen = _chosen_footprints(footprint_ids, len(detections))
     for row, (fid, y0, y1, x0, x1) in enumerate(boxes):
-        inside = detections.footprint_mask(fid, box=(y0, y1, x0, x1))
-        stamp = np.where(inside, np.nan_to_num(image[y0 : y1 + 1, x0 : x1 + 1]), 0.0)
+        if not chosen[row]:
+            continue
+        inside, stamp = _footprint_stamp(
+            detections._spans_of(fid), y0, x0, y1 - y0 + 1, x1 - x0 + 1, image
+        )
         lo, hi = by_footprint[fid - 1], by_footprint[fid]
         px = peak_x[lo:hi] - x0
         py = peak_y[lo:hi] - y0
@@ -287,66 +313,39 @@ def deblend_sources(
     return Deblended(sources=sources, heavy_footprints=heavy, config=config)
 
 
+def _chosen_footprints(footprint_ids: ArrayLike | None, n: int) -> NDArray[np.bool_]:
+    """Which of footprints ``1..n`` to deblend (row ``k`` for footprint ``k + 1``)."""
+    if footprint_ids is None:
+        return np.ones(n, dtype=bool)
+    ids = np.asarray(footprint_ids)
+    if ids.ndim != 1 or not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
+        msg = f"footprint_ids must be a 1-d array of integer ids, got {footprint_ids!r}"
+        raise TypeError(msg)
+    if ids.size and not (ids.min() >= 1 and ids.max() <= n):
+        msg = (
+            f"footprint_ids must be footprint ids between 1 and {n}, got values from "
+            f"{ids.min()} to {ids.max()}; pass ids of the detections' footprints"
+        )
+        raise ValueError(msg)
+    chosen = np.zeros(n, dtype=bool)
+    chosen[ids.astype(np.intp) - 1] = True
+    return chosen
+
+
 def _monotonic(template: NDArray[np.float64]) -> NDArray[np.float64]:
     """Clip a centred template so that it never rises going out from its centre.
 
     Each pixel is limited by the pixel one ring closer to the centre along the ray
     from the centre (rings of constant Chebyshev distance, innermost first); the
-    centre is the middle of the array: a pixel, or a pixel edge or corner. This
-    removes neighbours that the symmetry test alone lets through (a star whose
-    mirror image through the peak happens to hold another star).
+    centre is the middle of the array: a pixel, or a pixel edge or corner. The
+    inward offset is rounded the same way on both sides of the centre (ties away
+    from it), so that a point-symmetric template stays symmetric. This removes
+    neighbours that the symmetry test alone lets through (a star whose mirror image
+    through the peak happens to hold another star).
     """
-    ny, nx = template.shape
-    out = template.ravel().copy()
-    for outer, inner in _rings(ny, nx):
-        out[outer] = np.minimum(out[outer], out[inner])
-    return out.reshape(ny, nx)
-
-
-@functools.lru_cache(maxsize=512)
-def _rings(ny: int, nx: int) -> tuple[tuple[NDArray[np.intp], NDArray[np.intp]], ...]:
-    """Flat indices of each ring of an ``(ny, nx)`` box about its middle, and of their inner ones.
-
-    Innermost ring first; the middle (one pixel, or 2 or 4 about a pixel edge) is
-    left out.
-    """
-    cy, cx = (ny - 1) / 2, (nx - 1) / 2
-    iy, ix = np.floor(cy), np.floor(cx)
-    fy, fx = cy - iy, cx - ix  # 0 on a pixel centre, 0.5 on a pixel edge
-    gy, gx = np.mgrid[0:ny, 0:nx]
-    dy, dx = gy - cy, gx - cx
-    ring = np.maximum(np.abs(dy), np.abs(dx))
-    out = []
-    for d in np.unique(ring)[1:]:
-        ys, xs = np.nonzero(ring == d)
-        scale = max(d - 1.0, 0.0) / d
-        # The pixel one Chebyshev step inward along the ray (within half a pixel),
-        # its offset from the centre rounded the same way on both sides of it, so
-        # that a point-symmetric template stays symmetric.
-        inner_y = (cy + _symmetric_round(dy[ys, xs] * scale, fy)).astype(np.intp)
-        inner_x = (cx + _symmetric_round(dx[ys, xs] * scale, fx)).astype(np.intp)
-        out.append((ys * nx + xs, inner_y * nx + inner_x))
-    return tuple(out)
-
-
-def _symmetric_round(offset: NDArray[np.float64], fraction: float) -> NDArray[np.float64]:
-    """Round offsets from a centre to the nearest pixel, ties away from the centre.
-
-    ``fraction`` is 0 for a centre on a pixel (pixel offsets are integers) and 0.5
-    for one on a pixel edge (offsets are half-integers). Unlike ``np.rint``, which
-    rounds ties to even, ``-t`` always rounds to minus what ``t`` rounds to.
-    """
-    magnitude = np.floor(np.abs(offset) + 0.5 - fraction) + fraction
-    return np.asarray(np.sign(offset) * magnitude)
-
-
-def _window(centre2: int, radius: int, size: int) -> slice:
-    """Slice of the pixels ``p`` of ``range(size)`` whose mirror ``centre2 - p`` is in it too.
-
-    At most ``radius`` from the centre ``centre2 / 2`` (a pixel centre or a pixel edge).
-    """
-    lo = max(0, centre2 - (size - 1), -((2 * radius - centre2) // 2))
-    return slice(lo, centre2 - lo + 1)
+    out = np.array(template, order="C")
+    _monotonic_inplace(out)
+    return out
 
 
 def _template(
@@ -354,35 +353,22 @@ def _template(
 ) -> tuple[tuple[slice, slice], NDArray[np.float64]]:
     """Symmetric, monotonic template about ``(cx2 / 2, cy2 / 2)``: its window and values.
 
-    With the centre on the half-pixel grid the mirror ``2c - p`` of a pixel is a
-    pixel, so no interpolation is needed.
+    The window holds the pixels within ``radius`` of the centre whose mirror image
+    ``2c - p`` is in ``positive`` too; with the centre on the half-pixel grid that
+    mirror is a pixel, so no interpolation is needed. :func:`_share` builds the same
+    templates with the compiled ``_template_pixels``, which keeps only their pixels
+    above 0.
     """
     ny, nx = positive.shape
-    window = (_window(cy2, radius, ny), _window(cx2, radius, nx))
+    y0, x0 = _window_start(cy2, radius, ny), _window_start(cx2, radius, nx)
+    window = (slice(y0, cy2 - y0 + 1), slice(x0, cx2 - x0 + 1))
     data = positive[window]
     return window, _monotonic(np.minimum(data, data[::-1, ::-1]))
 
 
-def _amplitudes(
-    matrix: sparse.csr_matrix, target: NDArray[np.float64], start: NDArray[np.float64]
-) -> NDArray[np.float64]:
-    """Non-negative least-squares amplitudes of the template rows of ``matrix`` for ``target``.
-
-    Multiplicative updates (Lee & Seung) keep them >= 0 and only need the
-    templates' n x n Gram matrix: one sparse product instead of two per iteration.
-    """
-    amplitude = start.copy()
-    numerator = matrix @ target
-    gram = (matrix @ matrix.T).toarray()
-    for _ in range(_AMPLITUDE_ITERATIONS):
-        denominator = gram @ amplitude
-        amplitude *= np.where(denominator > 0, numerator / np.maximum(denominator, 1e-300), 1.0)
-    return amplitude
-
-
 def _recentred(
     positive: NDArray[np.float64],
-    matrix: sparse.csr_matrix,
+    matrix: _Csr,
     amplitude: NDArray[np.float64],
     centre2: NDArray[np.int64],
     peaks: NDArray[np.float64],
@@ -396,23 +382,7 @@ def _recentred(
     centred half a pixel away is cut by the symmetry test (a 0.7 px offset loses
     about 20% of a 4 px FWHM star); its neighbours then take that light.
     """
-    ny, nx = positive.shape
-    n = len(centre2)
-    r = _CENTROID_BOX_PX
-    offsets = np.arange(-r, r + 1)
-    base = np.floor(centre2 / 2.0 + 0.5).astype(np.int64)  # nearest pixel to each centre
-    by = base[:, 1, None, None] + offsets[None, :, None]
-    bx = base[:, 0, None, None] + offsets[None, None, :]
-    valid = (by >= 0) & (by < ny) & (bx >= 0) & (bx < nx)
-    flat = (np.clip(by, 0, ny - 1) * nx + np.clip(bx, 0, nx - 1)).reshape(n, -1)
-    valid = valid.reshape(n, -1)
-    model = np.asarray(matrix.T @ amplitude).ravel()
-    rows = np.repeat(np.arange(n), flat.shape[1])
-    own = np.asarray(matrix[rows, flat.ravel()]).reshape(n, -1) * amplitude[:, None]
-    light = np.where(valid, positive.ravel()[flat] - model[flat] + own, 0.0)
-    light = np.maximum(light, 0.0)
-    gy = np.broadcast_to(by, (n, len(offsets), len(offsets))).reshape(n, -1).astype(float)
-    gx = np.broadcast_to(bx, (n, len(offsets), len(offsets))).reshape(n, -1).astype(float)
+    light, gx, gy = _centroid_light(positive, *matrix, amplitude, centre2, _CENTROID_BOX_PX)
     cx, cy = centre2[:, 0] / 2.0, centre2[:, 1] / 2.0
     for _ in range(_CENTROID_ITERATIONS):
         w = light * np.exp(-((gx - cx[:, None]) ** 2 + (gy - cy[:, None]) ** 2) * _CENTROID_WEIGHT)
@@ -431,12 +401,17 @@ def _recentred(
     ).astype(np.int64)
     # Two centres within a pixel of each other would make the same template twice:
     # those peaks keep their detected positions.
-    if n > 1:
-        pairs = cKDTree(out / 2.0).query_pairs(1.0, output_type="ndarray")
-        if len(pairs):
-            back = np.unique(pairs.ravel())
-            out[back] = np.rint(2 * peaks[back]).astype(np.int64)
+    back = _crowded(out)
+    out[back] = np.rint(2 * peaks[back]).astype(np.int64)
     return out
+
+
+def _csr(parts: list[tuple[NDArray[np.int64], NDArray[np.floating]]]) -> _Csr:
+    """Stack the templates ``(flat pixels, values)`` as the CSR arrays of one matrix."""
+    indptr = np.zeros(len(parts) + 1, dtype=np.int64)
+    np.cumsum([len(index) for index, _ in parts], out=indptr[1:])
+    indices = np.concatenate([index for index, _ in parts])
+    return indptr, indices, np.concatenate([values for _, values in parts])
 
 
 def _share(
@@ -455,31 +430,13 @@ def _share(
     n = len(px)
     positive = np.where(inside, np.maximum(stamp, 0.0), 0.0)
     target = positive.ravel()
-    flat_index = np.arange(ny * nx).reshape(ny, nx)
     peaks = np.column_stack([px, py]).astype(np.float64)
     centre2 = np.column_stack([2 * px, 2 * py]).astype(np.int64)
-    parts: list[tuple[NDArray[np.intp], NDArray[np.float64]]] = []
-
-    def build(k: int) -> tuple[NDArray[np.intp], NDArray[np.float64]]:
-        window, template = _template(
-            positive, int(centre2[k, 0]), int(centre2[k, 1]), config.template_radius_px
-        )
-        keep = template > 0
-        return flat_index[window][keep], template[keep]
-
-    def assemble() -> sparse.csr_matrix:
-        counts = [len(c) for c, _ in parts]
-        return sparse.csr_matrix(
-            (
-                np.concatenate([v for _, v in parts]),
-                (np.repeat(np.arange(n), counts), np.concatenate([c for c, _ in parts])),
-            ),
-            shape=(n, ny * nx),
-        )
-
-    parts = [build(k) for k in range(n)]
-    matrix = assemble()
-    amplitude = _amplitudes(matrix, target, np.ones(n))
+    radius = config.template_radius_px
+    # Each template's (flat stamp pixels, values); its rows of the CSR matrix.
+    parts = [_template_pixels(positive, int(c[0]), int(c[1]), radius) for c in centre2]
+    matrix = _csr(parts)
+    amplitude = _amplitudes_csr(*matrix, target, np.ones(n), _AMPLITUDE_ITERATIONS)
     for _ in range(config.recentre_iterations):
         moved = _recentred(positive, matrix, amplitude, centre2, peaks)
         changed = np.flatnonzero(np.any(moved != centre2, axis=1))
@@ -487,43 +444,36 @@ def _share(
             break
         centre2 = moved
         for row in changed.tolist():
-            parts[row] = build(row)
-        matrix = assemble()
-        amplitude = _amplitudes(matrix, target, np.maximum(amplitude, 1e-3))
+            parts[row] = _template_pixels(
+                positive, int(centre2[row, 0]), int(centre2[row, 1]), radius
+            )
+        matrix = _csr(parts)
+        amplitude = _amplitudes_csr(
+            *matrix, target, np.maximum(amplitude, 1e-3), _AMPLITUDE_ITERATIONS
+        )
     # A peak whose template the fit rejects still keeps its share near its centre.
     amplitude = np.maximum(amplitude, 1e-3)
-    # Scale rows and columns on the stored values (same structure, no sparse products).
-    weights = matrix
-    weights.data *= np.repeat(amplitude, np.diff(weights.indptr))
-    total = np.bincount(weights.indices, weights=weights.data, minlength=ny * nx)
-    claimed = total > 1e-12 * max(float(total.max()), 1e-300)
-    inv_total = np.where(claimed, 1.0 / np.where(claimed, total, 1.0), 0.0)
-    weights.data *= inv_total[weights.indices]
+    weights, claimed = _normalised_weights(*matrix, amplitude, ny * nx)
     centres = centre2 / 2.0
     # Stray flux: inside pixels no template claims, shared by the nearest children.
-    stray = inside.ravel() & ~claimed
-    stray_idx = np.flatnonzero(stray)
+    stray_idx = np.flatnonzero(inside.ravel() & ~claimed)
+    k_near = min(n, _STRAY_NEIGHBOURS if config.stray_flux else 1)
+    w = np.zeros((len(stray_idx), k_near))
+    near = np.zeros((len(stray_idx), k_near), dtype=np.int64)
     if len(stray_idx):
         sy, sx = np.divmod(stray_idx, nx)
-        k_near = min(n, _STRAY_NEIGHBOURS if config.stray_flux else 1)
         dist, near = cKDTree(centres).query(np.column_stack([sx, sy]), k=k_near)
         dist, near = dist.reshape(len(sy), k_near), near.reshape(len(sy), k_near)
         w = 1.0 / (1.0 + dist**2)
         w /= w.sum(axis=1, keepdims=True)
-        stray_w = sparse.csr_matrix(
-            (w.ravel(), (near.ravel(), np.repeat(stray_idx, k_near))), shape=(n, ny * nx)
-        )
-        weights = (weights + stray_w).tocsr()
+    boxes, offsets, buffer = _children(
+        matrix[0], matrix[1], weights, stray_idx.astype(np.int64), near.astype(np.int64), w, nx
+    )
     out = []
-    indptr, indices, values = weights.indptr, weights.indices, weights.data
-    for k in range(n):
-        idx = indices[indptr[k] : indptr[k + 1]]
-        if len(idx) == 0:  # nothing at all: a one-pixel child at its peak
+    for k, (x0, y0, box_ny, box_nx) in enumerate(boxes.tolist()):
+        if box_ny == 0:  # nothing at all: a one-pixel child at its peak
             out.append((int(px[k]), int(py[k]), np.zeros((1, 1), dtype=np.float32)))
             continue
-        ry, rx = np.divmod(idx, nx)
-        y0, x0 = int(ry.min()), int(rx.min())
-        child = np.zeros((int(ry.max()) - y0 + 1, int(rx.max()) - x0 + 1), dtype=np.float32)
-        child[ry - y0, rx - x0] = values[indptr[k] : indptr[k + 1]]
+        child = buffer[offsets[k] : offsets[k + 1]].reshape(box_ny, box_nx)
         out.append((x0, y0, child))
     return out, centres

@@ -30,20 +30,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from astropy.table import Table
 from numpy.typing import NDArray
-from scipy import ndimage
 
-from ._footprint_spans import (
-    _grow,
-    _label_compact,
-    _label_spans,
-    _span_pixel_chunks,
-    _span_pixels,
-)
+from ._footprint_spans import _grow, _label_image, _label_runs, _paint, _span_pixels
+from ._jit import _compiled
 from ._matched_filter import _BLOCK_ROWS, _kernel, _matched_filter, _smoothed_at
 from ._peaks import _dips, _local_maxima, _saturated_stars, _star_under
 from ._symmetry_peaks import _symmetry_peaks
 from .exposure import Exposure
-from .mask import _bits_set
 
 __all__ = ["DetectionConfig", "Detections", "detect_sources"]
 
@@ -56,6 +49,8 @@ _MIN_SEPARATION_SIGMA = 2.0
 # undersampled real images (SDSS at FWHM 1.6 px) the search found mostly the
 # asymmetry of single stars' sampled cores.
 _MIN_SYMMETRY_SIGMA_PX = 1.06
+# What np.nan_to_num makes of an infinite float32 pixel.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -198,8 +193,7 @@ class Detections:
         per pixel): keep it while you need it.
         """
         out = np.zeros(self.exposure.shape, dtype=np.int32)
-        for chunk, ys, xs, which in _span_pixel_chunks(self.footprint_spans):
-            out[ys, xs] = chunk[which, 0]
+        _paint(self.footprint_spans, out, np.arange(len(self.footprints) + 1, dtype=np.int32))
         return out
 
     def spans(self, footprint_id: int) -> NDArray[np.int64]:
@@ -308,17 +302,11 @@ def detect_sources(
     image = exposure.image
     variance = exposure.variance
     planes = [p for p in config.no_seed_planes if p in exposure.mask_planes]
-    bad = np.isfinite(image)
-    bad &= np.isfinite(variance)
-    bad &= variance > 0
-    np.logical_not(bad, out=bad)
     # Saturated pixels carry real (clipped) signal for smoothing, but never seed.
-    no_signal = bad.copy()
-    for plane in ("BAD", "NO_DATA"):
-        if plane in planes:
-            no_signal |= exposure.plane(plane)
+    no_signal_bits = exposure.mask_planes.bitmask(*(p for p in ("BAD", "NO_DATA") if p in planes))
+    bad, no_signal, any_bad = _unusable(image, variance, exposure.mask, no_signal_bits)
     fill_var = None
-    if bad.any():
+    if any_bad:
         good_var = variance[~bad]
         fill = float(np.median(good_var, overwrite_input=True)) if good_var.size else 1.0
         del good_var
@@ -350,9 +338,7 @@ def detect_sources(
     del peak_map, saturated
     mask = exposure.mask if mask_in_place else exposure.mask.copy()
     planes_map = exposure.mask_planes
-    detected = np.int32(planes_map.bitmask("DETECTED"))
-    for _, ys, xs, _ in _span_pixel_chunks(spans):
-        mask[ys, xs] |= detected
+    _set_bits(spans, mask, planes_map.bitmask("DETECTED"))
     if negative is not None:
         grown = _grow(negative, config.grow_psf_sigma * sigma_px)
         mask[grown] |= np.int32(planes_map.bitmask("DETECTED_NEGATIVE"))
@@ -384,23 +370,84 @@ def _threshold(
     A seed is a pixel with signal whose mask has none of ``seed_bits``.
     """
     above = significance >= config.threshold_sigma
-    labels, n = _label_compact(above, np.ones((3, 3), dtype=bool))
+    spans, n = _label_runs(above)
     if n == 0:
         return above
-    # By blocks of rows: bincount works on an int64 copy of its input.
-    sizes = np.zeros(n + 1, dtype=np.int64)
-    seeds = np.zeros(n + 1, dtype=np.int64)
-    for y0 in range(0, above.shape[0], _BLOCK_ROWS):
-        rows = slice(y0, y0 + _BLOCK_ROWS)
-        block, block_above = labels[rows], above[rows]
-        sizes += np.bincount(block[block_above], minlength=n + 1)
-        seeded = _bits_set(mask[rows], seed_bits, into=no_signal[rows].copy())
-        np.logical_not(seeded, out=seeded)
-        seeded &= block_above
-        seeds += np.bincount(block[seeded], minlength=n + 1)
-    keep = (sizes >= config.min_pixels) & (seeds > 0)
+    sizes, seeded = _sizes_and_seeds(spans, n, no_signal, mask, seed_bits)
+    keep = (sizes >= config.min_pixels) & seeded
     keep[0] = False
-    return np.asarray(keep[labels])
+    # Regions dropped are cleared in place: their pixels are all on the spans.
+    _paint(spans, above, keep)
+    return above
+
+
+@_compiled
+def _sizes_and_seeds(
+    spans: NDArray[np.int32],
+    n: int,
+    no_signal: NDArray[np.bool_],
+    mask: NDArray[np.int32],
+    seed_bits: int,
+) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:  # pragma: no cover - compiled
+    """Pixels of each region ``0..n`` of ``spans``, and whether one is a seed.
+
+    A seed has signal and none of ``seed_bits`` in its mask.
+    """
+    sizes = np.zeros(n + 1, dtype=np.int64)
+    seeded = np.zeros(n + 1, dtype=np.bool_)
+    for s in range(len(spans)):
+        k, y = spans[s, 0], spans[s, 1]
+        sizes[k] += spans[s, 3] - spans[s, 2]
+        if seeded[k]:
+            continue
+        for x in range(spans[s, 2], spans[s, 3]):
+            if not no_signal[y, x] and (mask[y, x] & seed_bits) == 0:
+                seeded[k] = True
+                break
+    return sizes, seeded
+
+
+@_compiled
+def _footprint_stats(
+    spans: NDArray[np.int32], n: int, image: NDArray[np.float32], block_rows: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]:  # pragma: no cover
+    """Bounding box ``(x_min, x_max, y_min, y_max)``, pixel count and flux of footprints ``1..n``.
+
+    ``spans`` are sorted by footprint, y and x. The flux is the float64 sum of the
+    image (NaN as 0, inf as the largest float32) in raster order, summed within each
+    strip of ``block_rows`` rows and then over the strips, as the strip-wise
+    ``bincount`` it replaces summed.
+    """
+    boxes = np.zeros((n, 4), dtype=np.int64)
+    n_pixels = np.zeros(n, dtype=np.int64)
+    flux = np.zeros(n)
+    s = 0
+    while s < len(spans):
+        k = spans[s, 0]
+        x_min, x_max = spans[s, 2], spans[s, 3] - 1
+        y_min = spans[s, 1]
+        total, strip_sum, strip = 0.0, 0.0, spans[s, 1] // block_rows
+        count = 0
+        while s < len(spans) and spans[s, 0] == k:
+            y = spans[s, 1]
+            if y // block_rows != strip:
+                total += strip_sum
+                strip_sum, strip = 0.0, y // block_rows
+            x_min, x_max = min(x_min, spans[s, 2]), max(x_max, spans[s, 3] - 1)
+            for x in range(spans[s, 2], spans[s, 3]):
+                value = float(image[y, x])
+                if np.isnan(value):
+                    value = 0.0
+                elif np.isinf(value):
+                    value = _FLOAT32_MAX if value > 0 else -_FLOAT32_MAX
+                strip_sum += value
+            count += spans[s, 3] - spans[s, 2]
+            s += 1
+        boxes[k - 1, 0], boxes[k - 1, 1] = x_min, x_max
+        boxes[k - 1, 2], boxes[k - 1, 3] = y_min, spans[s - 1, 1]
+        n_pixels[k - 1] = count
+        flux[k - 1] = total + strip_sum
+    return boxes, n_pixels, flux
 
 
 def _peak_map(
@@ -448,8 +495,9 @@ def _footprints(
     sat_centres = saturated[1]
     grown = _grow(above, config.grow_psf_sigma * sigma_px)
     del above  # the caller passed its only reference
-    labels, n = _label_compact(grown, np.ones((3, 3), dtype=bool))
+    spans, n = _label_runs(grown)
     del grown
+    labels = _label_image(spans, significance.shape, n)
     owner = labels[py, px]
     keep_peak = np.zeros(len(py), dtype=bool)
     kept_by_fp: dict[int, list[int]] = {}
@@ -486,8 +534,7 @@ def _footprints(
         )  # fmt: skip
     elif config.symmetry_peaks:
         excluded = no_signal.copy()
-        for _, ys, xs, _ in _span_pixel_chunks(saturated[0]):
-            excluded[ys, xs] = True
+        _paint(saturated[0], excluded, np.ones(len(saturated[1]), dtype=bool))
         new_y, new_x = _symmetry_peaks(
             significance, labels, n, py, px, owner, excluded, config.threshold_sigma,
             config.symmetry_tolerance, _MIN_SEPARATION_SIGMA * sigma_px, sigma_px,
@@ -512,41 +559,58 @@ def _footprints(
             "residual": residual,
         }
     )
-    index = np.arange(1, n + 1)
-    slices = ndimage.find_objects(labels, max_label=n)
-    n_pixels, flux = _footprint_sums(labels, image, n)
+    del labels
+    boxes, n_pixels, flux = _footprint_stats(spans, n, image, _BLOCK_ROWS)
     n_peaks = np.bincount(owner, minlength=n + 1)[1:]
     footprints = Table(
         {
-            "id": index.astype(np.int64),
-            "n_pixels": n_pixels.astype(np.int64),
-            "x_min": np.array([s[1].start for s in slices], dtype=np.int64),
-            "x_max": np.array([s[1].stop - 1 for s in slices], dtype=np.int64),
-            "y_min": np.array([s[0].start for s in slices], dtype=np.int64),
-            "y_max": np.array([s[0].stop - 1 for s in slices], dtype=np.int64),
+            "id": np.arange(1, n + 1, dtype=np.int64),
+            "n_pixels": n_pixels,
+            "x_min": boxes[:, 0],
+            "x_max": boxes[:, 1],
+            "y_min": boxes[:, 2],
+            "y_max": boxes[:, 3],
             "n_peaks": n_peaks.astype(np.int64),
-            "flux": np.asarray(flux, dtype=np.float64),
+            "flux": flux,
         }
     )
     footprints["flux"].unit = "adu"
     peaks["value"].unit = "adu"
-    return _label_spans(labels), footprints, peaks
+    return spans, footprints, peaks
 
 
-def _footprint_sums(
-    labels: NDArray[np.integer], image: NDArray[np.float32], n: int
-) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
-    """Pixel count and sum of ``image`` (non-finite as 0) of labels ``1..n``.
+@_compiled
+def _unusable(
+    image: NDArray[np.float32],
+    variance: NDArray[np.float32],
+    mask: NDArray[np.int32],
+    no_signal_bits: int,
+) -> tuple[NDArray[np.bool_], NDArray[np.bool_], bool]:  # pragma: no cover - compiled
+    """Return the bad pixels, the pixels without signal, and whether any pixel is bad.
 
-    By strips of rows, so that bincount's int64 and float64 copies stay small.
+    Bad pixels have a non-finite value or variance, or a variance <= 0; pixels without
+    signal are the bad ones and those with any of ``no_signal_bits`` set.
     """
-    count = np.zeros(n + 1, dtype=np.int64)
-    total = np.zeros(n + 1)
-    for y0 in range(0, labels.shape[0], _BLOCK_ROWS):
-        strip = labels[y0 : y0 + _BLOCK_ROWS]
-        inside = strip > 0
-        own = strip[inside]
-        count += np.bincount(own, minlength=n + 1)
-        values = np.nan_to_num(image[y0 : y0 + _BLOCK_ROWS][inside]).astype(np.float64)
-        total += np.bincount(own, weights=values, minlength=n + 1)
-    return count[1:], total[1:]
+    ny, nx = image.shape
+    bad = np.empty((ny, nx), dtype=np.bool_)
+    no_signal = np.empty((ny, nx), dtype=np.bool_)
+    any_bad = False
+    for y in range(ny):
+        for x in range(nx):
+            v = variance[y, x]
+            is_bad = not (np.isfinite(image[y, x]) and np.isfinite(v) and v > 0)
+            bad[y, x] = is_bad
+            no_signal[y, x] = is_bad or (mask[y, x] & no_signal_bits) != 0
+            any_bad |= is_bad
+    return bad, no_signal, any_bad
+
+
+@_compiled
+def _set_bits(
+    spans: NDArray[np.int32], mask: NDArray[np.int32], bits: int
+) -> None:  # pragma: no cover - compiled
+    """OR ``bits`` into ``mask`` on every pixel of ``spans`` (in place)."""
+    for s in range(len(spans)):
+        y = spans[s, 1]
+        for x in range(spans[s, 2], spans[s, 3]):
+            mask[y, x] |= bits

@@ -304,14 +304,18 @@ def process_frame(exposure: Exposure, config: ProcessFrameConfig | None = None) 
 def _first_pass_psf(
     calexp: Exposure, guess: PsfModel, config: ProcessFrameConfig, lap: Callable[[str], None]
 ) -> PsfFit:
-    """Detect with the guessed PSF, deblend and fit the PSF model.
+    """Detect with the guessed PSF, deblend the footprints that can hold PSF stars, fit the PSF.
 
     A function of its own so that the first pass's full-size images (labels,
     significance, mask) are freed before the second detection.
     """
     # PSF stars hit by cosmic rays are rejected by the fit's chi² clipping.
     first = detect_sources(calexp.replace(psf=guess), config.detection)
-    first_blends = deblend_sources(calexp, first, config.deblend)
+    # Only sources with a peak of S/N >= min_snr can be PSF stars: the other
+    # footprints need no deblending (the label image masks them as neighbours).
+    peaks = first.peaks
+    bright = np.asarray(peaks["footprint"])[np.asarray(peaks["significance"]) >= config.psf.min_snr]
+    first_blends = deblend_sources(calexp, first, config.deblend, footprint_ids=np.unique(bright))
     lap("detection_initial")
     labels = first.labels
     del first  # its mask (with this pass's DETECTED plane) is not needed
