@@ -41,9 +41,10 @@ def _psf_position(exposure: Exposure) -> tuple[float, float]:
     cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
     if "NO_DATA" not in exposure.mask_planes:
         return cx, cy
-    no_data = exposure.plane("NO_DATA")
-    if not no_data[round(cy), round(cx)]:
+    # The centre pixel first: the whole plane only when the centre has no data.
+    if not exposure.mask[round(cy), round(cx)] & exposure.mask_planes.bitmask("NO_DATA"):
         return cx, cy
+    no_data = exposure.plane("NO_DATA")
     rows, cols = np.nonzero(~no_data)
     if rows.size == 0:
         return cx, cy

@@ -304,7 +304,9 @@ def detect_sources(
     planes = [p for p in config.no_seed_planes if p in exposure.mask_planes]
     # Saturated pixels carry real (clipped) signal for smoothing, but never seed.
     no_signal_bits = exposure.mask_planes.bitmask(*(p for p in ("BAD", "NO_DATA") if p in planes))
-    bad, no_signal, any_bad = _unusable(image, variance, exposure.mask, no_signal_bits)
+    bad, no_signal, any_bad, any_no_signal = _unusable(
+        image, variance, exposure.mask, no_signal_bits
+    )
     fill_var = None
     if any_bad:
         good_var = variance[~bad]
@@ -312,10 +314,13 @@ def detect_sources(
         del good_var
         fill_var = (bad, float(np.float32(fill)))
     # Bad pixels are zeroed (data) and filled (variance) strip by strip: no copies.
-    significance = _matched_filter(image, variance, kernel, zero_data=no_signal, fill_var=fill_var)
-    significance[no_signal] = 0.0
-    peak_map = _peak_map(image, variance, no_signal, fill_var, significance, sigma_px, config)
-    del bad, fill_var
+    # (Skipped when no pixel is concerned: a boolean-mask pass per strip and plane.)
+    zero_data = no_signal if any_no_signal else None
+    significance = _matched_filter(image, variance, kernel, zero_data=zero_data, fill_var=fill_var)
+    if any_no_signal:
+        significance[no_signal] = 0.0
+    peak_map = _peak_map(image, variance, zero_data, fill_var, significance, sigma_px, config)
+    del bad, fill_var, zero_data
 
     seed_bits = exposure.mask_planes.bitmask(*planes) if planes else 0
     negative = None
@@ -453,7 +458,7 @@ def _footprint_stats(
 def _peak_map(
     data: NDArray[np.float32],
     var: NDArray[np.float32],
-    no_signal: NDArray[np.bool_],
+    no_signal: NDArray[np.bool_] | None,
     fill_var: tuple[NDArray[np.bool_], float] | None,
     significance: NDArray[np.float32],
     sigma_px: float,
@@ -585,8 +590,8 @@ def _unusable(
     variance: NDArray[np.float32],
     mask: NDArray[np.int32],
     no_signal_bits: int,
-) -> tuple[NDArray[np.bool_], NDArray[np.bool_], bool]:  # pragma: no cover - compiled
-    """Return the bad pixels, the pixels without signal, and whether any pixel is bad.
+) -> tuple[NDArray[np.bool_], NDArray[np.bool_], bool, bool]:  # pragma: no cover - compiled
+    """Return the bad pixels, the pixels without signal, and whether there are any of each.
 
     Bad pixels have a non-finite value or variance, or a variance <= 0; pixels without
     signal are the bad ones and those with any of ``no_signal_bits`` set.
@@ -594,7 +599,7 @@ def _unusable(
     ny, nx = image.shape
     bad = np.empty((ny, nx), dtype=np.bool_)
     no_signal = np.empty((ny, nx), dtype=np.bool_)
-    any_bad = False
+    any_bad = any_no_signal = False
     for y in range(ny):
         for x in range(nx):
             v = variance[y, x]
@@ -602,7 +607,8 @@ def _unusable(
             bad[y, x] = is_bad
             no_signal[y, x] = is_bad or (mask[y, x] & no_signal_bits) != 0
             any_bad |= is_bad
-    return bad, no_signal, any_bad
+            any_no_signal |= no_signal[y, x]
+    return bad, no_signal, any_bad, any_no_signal
 
 
 @_compiled
