@@ -51,6 +51,7 @@ def _psf_normal_equations(
     model: NDArray[np.float64],
     weights: NDArray[np.float64],
     stamps: NDArray[np.float64],
+    rows: NDArray[np.int64],
     normal: NDArray[np.float64],
     rhs: NDArray[np.float64],
 ) -> None:  # pragma: no cover - compiled; run through _model_fits
@@ -62,8 +63,12 @@ def _psf_normal_equations(
 
     Parameters
     ----------
-    model, weights, stamps : numpy.ndarray, shape (n, size, size)
-        PSF models, inverse-variance weights and images.
+    model : numpy.ndarray, shape (n, size, size)
+        PSF models.
+    weights, stamps : numpy.ndarray, shape (N, size, size)
+        Inverse-variance weights and images of a batch.
+    rows : numpy.ndarray of int64, shape (n,)
+        The batch's row of each model.
     normal : numpy.ndarray, shape (n, 3, 3)
         Output: ``D^T W D``.
     rhs : numpy.ndarray, shape (n, 3)
@@ -71,6 +76,7 @@ def _psf_normal_equations(
     """
     n, ny, nx = model.shape
     for i in range(n):
+        k = rows[i]
         a00 = a01 = a02 = a11 = a12 = a22 = 0.0
         r0 = r1 = r2 = 0.0
         for y in range(ny):
@@ -90,7 +96,7 @@ def _psf_normal_equations(
                     gx = model[i, y, x] - model[i, y, x - 1]
                 else:
                     gx = (model[i, y, x + 1] - model[i, y, x - 1]) / 2.0
-                w = weights[i, y, x]
+                w = weights[k, y, x]
                 d1, d2 = -gx, -gy
                 w0, w1, w2 = p * w, d1 * w, d2 * w
                 a00 += w0 * p
@@ -99,7 +105,7 @@ def _psf_normal_equations(
                 a11 += w1 * d1
                 a12 += w1 * d2
                 a22 += w2 * d2
-                s = stamps[i, y, x]
+                s = stamps[k, y, x]
                 r0 += w0 * s
                 r1 += w1 * s
                 r2 += w2 * s
@@ -155,38 +161,37 @@ def _psf_sums(
 @_compiled
 def _template_spectra(
     psf: NDArray[np.complexfloating],
-    u00: NDArray[np.float64],
-    u01: NDArray[np.float64],
-    u11: NDArray[np.float64],
-    kx: NDArray[np.float64],
-    ky: NDArray[np.float64],
+    kk: NDArray[np.float64],
+    position: NDArray[np.float64],
     radii: NDArray[np.float64],
     dev: bool,
     grid: NDArray[np.float64],
     values: NDArray[np.float64],
     slopes: NDArray[np.float64],
+    steps_per_log: float,
     work: NDArray[np.floating],
     out: NDArray[np.complexfloating],
 ) -> None:  # pragma: no cover - compiled; run through _model_fits
     """Fourier transforms of PSF-convolved elliptical profiles, for a set of sizes per source.
 
-    The profile's transform at wavenumber ``k`` is ``F(q)``, ``q = r sqrt(k' U k)``
-    with ``U`` of determinant 1 and ``r`` the half-light radius: for the
-    exponential ``(1 + (q / 1.678...)²)^-1.5``; for de Vaucouleurs the linear
-    interpolation of ``values`` on ``grid`` (``numpy.interp``, 0 beyond the last
-    node). ``grid`` is 0 then nodes uniform in ``log q``, so the interval comes
-    from ``log q`` directly; within 1e-6 of a node (rounding of the logarithm is
-    1e-13) it is checked against the nodes themselves: the same interval, and the
-    same value, as ``numpy.interp``'s search.
+    The profile's transform at wavenumber ``k`` is ``F(q)``, ``q = r kk`` with
+    ``kk = sqrt(k' U k)``, ``U`` the source's shape matrix of determinant 1 and
+    ``r`` the half-light radius: for the exponential ``(1 + (q / 1.678...)²)^-1.5``;
+    for de Vaucouleurs the linear interpolation of ``values`` on ``grid``
+    (``numpy.interp``, 0 beyond the last node). ``grid`` is 0 then nodes uniform
+    in ``log q``, so the interval comes from ``log q`` directly; within 1e-6 of a
+    node (the logarithm's rounding is 1e-13) it is checked against the nodes
+    themselves: the same interval, and the same value, as ``numpy.interp``'s search.
 
     Parameters
     ----------
     psf : numpy.ndarray of complex, shape (n, ny, nxh)
         Each source's PSF transform with the phase ramp to its centre.
-    u00, u01, u11 : numpy.ndarray, shape (n,)
-        Each source's shape matrix ``U``.
-    kx, ky : numpy.ndarray
-        Angular wavenumbers (rad/px) of the columns (nxh) and rows (ny).
+    kk : numpy.ndarray, shape (n, ny, nxh)
+        ``sqrt(k' U k)`` of each source (rad/px).
+    position : numpy.ndarray, shape (n, ny, nxh)
+        ``(log kk - log grid[1]) * steps_per_log`` (-inf where ``kk = 0``): where
+        ``kk`` falls in the table, in nodes after ``grid[1]``.
     radii : numpy.ndarray, shape (n, m)
         Half-light radii (px) of the templates of each source.
     dev : bool
@@ -194,7 +199,9 @@ def _template_spectra(
     grid, values, slopes : numpy.ndarray
         De Vaucouleurs transform table: ``grid[0] = 0``, then geometric nodes; the
         values there, and the slopes between nodes.
-    work : numpy.ndarray, shape (ny + 1, nxh), float32 or float64
+    steps_per_log : float
+        Nodes per unit of ``log q``.
+    work : numpy.ndarray, shape (nxh,), float32 or float64
         Work space. The exponential is computed in its precision: single
         precision (which vectorises) for templates stored in single precision.
     out : numpy.ndarray of complex, shape (n, m, ny, nxh)
@@ -205,35 +212,20 @@ def _template_spectra(
     one = work.dtype.type(1.0)
     inverse_scale = 1.0 / 1.6783469900166608  # exp(-r) has half-light radius 1.678... r
     last = grid.shape[0] - 1
-    log_first = math.log(grid[1])
-    steps_per_log = (last - 1) / (math.log(grid[last]) - log_first)
-    kk = np.empty((ny, nxh))
-    log_kk = np.empty((ny, nxh))
-    kk_work = work[:ny]
-    profile = work[ny]
     for i in range(n):
-        for y in range(ny):
-            for x in range(nxh):
-                value = math.sqrt(
-                    u00[i] * kx[x] * kx[x] + 2 * u01[i] * kx[x] * ky[y] + u11[i] * ky[y] * ky[y]
-                )
-                kk[y, x] = value
-                kk_work[y, x] = value
-                if dev:
-                    log_kk[y, x] = math.log(value) if value > 0 else -np.inf
         for s in range(m):
             radius = radii[i, s]
             scale = work.dtype.type(radius * inverse_scale)
-            log_radius = math.log(radius) if radius > 0 else -np.inf
+            shift = math.log(radius) * steps_per_log if radius > 0 else -np.inf
             for y in range(ny):
                 if not dev:
                     for x in range(nxh):
-                        t = kk_work[y, x] * scale
+                        t = work.dtype.type(kk[i, y, x]) * scale
                         t = one + t * t
-                        profile[x] = one / (t * np.sqrt(t))
+                        work[x] = one / (t * np.sqrt(t))
                 else:
                     for x in range(nxh):
-                        q = kk[y, x] * radius
+                        q = kk[i, y, x] * radius
                         if q > grid[last]:
                             f = 0.0
                         elif q == grid[last]:
@@ -241,10 +233,10 @@ def _template_spectra(
                         elif q == 0.0:
                             f = values[0]
                         else:
-                            position = (log_kk[y, x] + log_radius - log_first) * steps_per_log
-                            whole = math.floor(position)
+                            at = position[i, y, x] + shift
+                            whole = math.floor(at)
                             j = int(whole) + 1
-                            near = abs(position - whole - 0.5) > 0.5 - 1e-6
+                            near = abs(at - whole - 0.5) > 0.5 - 1e-6
                             if j < 0 or j > last - 1:
                                 j = min(max(j, 0), last - 1)
                                 near = True
@@ -254,9 +246,9 @@ def _template_spectra(
                                 while j > 0 and q < grid[j]:
                                     j -= 1
                             f = values[j] if q == grid[j] else slopes[j] * (q - grid[j]) + values[j]
-                        profile[x] = f
+                        work[x] = f
                 for x in range(nxh):
-                    out[i, s, y, x] = psf[i, y, x] * profile[x]
+                    out[i, s, y, x] = psf[i, y, x] * work[x]
 
 
 @_compiled

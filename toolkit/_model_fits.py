@@ -229,7 +229,7 @@ def _psf_fluxes(
         # Design columns P, -dP/dx, -dP/dy on the model's support (zero weight elsewhere).
         normal = np.empty((len(active), 3, 3))
         rhs = np.empty((len(active), 3))
-        _psf_normal_equations(model, weights[active], stamps[active], normal, rhs)
+        _psf_normal_equations(model, weights, stamps, active, normal, rhs)
         solvable = np.all(np.isfinite(normal), axis=(1, 2))
         solvable[solvable] = _condition(normal[solvable]) <= 1e12
         sol = np.zeros((len(active), 3))
@@ -248,8 +248,9 @@ def _psf_fluxes(
     # an exponential of scale FWHM/16; 0 for point sources, > 0 for resolved ones.
     ky, kx = _frequencies(size)
     scale = _spread_scales(kernels)[:, None, None]
+    t = 1.0 + (kx * kx + ky * ky) * scale**2
     broad = sp_fft.irfft2(
-        sp_fft.rfft2(model) * (1.0 + (kx * kx + ky * ky) * scale**2) ** -1.5,
+        sp_fft.rfft2(model) / (t * np.sqrt(t)),
         s=(size, size),
         overwrite_x=True,
     )
@@ -399,17 +400,20 @@ class _TemplateInputs:
     psf_ft, psf_ft_single : numpy.ndarray, shape (n, size, size // 2 + 1)
         PSF transform with the phase ramp to the model centre (complex128, and
         rounded to complex64 for the single-precision size scan).
-    u00, u01, u11 : numpy.ndarray, shape (n,)
-        Shape matrix of determinant 1.
+    kk : numpy.ndarray, shape (n, size, size // 2 + 1)
+        ``sqrt(k' U k)`` at each frequency ``k``, ``U`` the shape matrix of
+        determinant 1: the profiles' transforms are functions of ``kk`` times the
+        half-light radius.
+    position : numpy.ndarray, shape (n, size, size // 2 + 1)
+        Where ``kk`` falls in the de Vaucouleurs table (see ``_template_spectra``).
     weights, weighted_data : numpy.ndarray, shape (n, size, size)
         Inverse-variance weights ``W`` and ``W x``.
     """
 
     psf_ft: NDArray[np.complex128]
     psf_ft_single: NDArray[np.complex64]
-    u00: NDArray[np.float64]
-    u01: NDArray[np.float64]
-    u11: NDArray[np.float64]
+    kk: NDArray[np.float64]
+    position: NDArray[np.float64]
     weights: NDArray[np.float64]
     weighted_data: NDArray[np.float64]
 
@@ -420,11 +424,23 @@ def _template_inputs(
     weights: NDArray[np.float64],
     stamps: NDArray[np.float64],
 ) -> _TemplateInputs:
-    u00, u01, u11 = (np.ascontiguousarray(unit[:, i, j]) for i, j in ((0, 0), (0, 1), (1, 1)))
+    ky, kx = _frequencies(psf_ft.shape[1])
+    u00, u01, u11 = (unit[:, i, j, None, None] for i, j in ((0, 0), (0, 1), (1, 1)))
+    kk = np.sqrt(u00 * kx * kx + 2 * u01 * kx * ky + u11 * ky * ky)
+    grid = _dev_table()[0]
+    with np.errstate(divide="ignore"):
+        position = (np.log(kk) - np.log(grid[1])) * _dev_steps_per_log()
     psf_ft = np.ascontiguousarray(psf_ft)
     return _TemplateInputs(
-        psf_ft, psf_ft.astype(np.complex64), u00, u01, u11, weights, weights * stamps
+        psf_ft, psf_ft.astype(np.complex64), kk, position, weights, weights * stamps
     )
+
+
+@functools.lru_cache(maxsize=1)
+def _dev_steps_per_log() -> float:
+    """Nodes per unit of ``log q`` of the de Vaucouleurs table (after its first, 0)."""
+    grid = _dev_table()[0]
+    return float((len(grid) - 2) / (np.log(grid[-1]) - np.log(grid[1])))
 
 
 def _spectra(
@@ -438,15 +454,13 @@ def _spectra(
     """Draw the transforms of the templates of half-light radii ``radii`` (n, m) of ``rows``."""
     size = inputs.psf_ft.shape[1]
     out = np.empty((radii.shape[0], radii.shape[1], size, size // 2 + 1), dtype=dtype)
-    ky, kx = _frequencies(size)
     grid, values, slopes = _dev_table()
     single = dtype == np.complex64
     psf_ft = inputs.psf_ft_single if single else inputs.psf_ft
-    work = np.empty((size + 1, size // 2 + 1), dtype=np.float32 if single else np.float64)
+    work = np.empty(size // 2 + 1, dtype=np.float32 if single else np.float64)
     _template_spectra(
-        psf_ft[rows], inputs.u00[rows], inputs.u01[rows], inputs.u11[rows],
-        np.ascontiguousarray(kx[0]), np.ascontiguousarray(ky[:, 0]),
-        np.ascontiguousarray(radii), dev, grid, values, slopes, work, out,
+        psf_ft[rows], inputs.kk[rows], inputs.position[rows], np.ascontiguousarray(radii),
+        dev, grid, values, slopes, _dev_steps_per_log(), work, out,
     )  # fmt: skip
     return out
 
@@ -464,19 +478,19 @@ def _template_sums(
     Drawn a few sources at a time: a few dozen small transforms at once run
     faster than hundreds (whose arrays leave the cache).
     """
-    rows = np.arange(len(inputs.u00)) if subset is None else subset
     n, m = radii.shape
     size = inputs.psf_ft.shape[1]
     den, num = np.empty((n, m)), np.empty((n, m))
     chunk = max(1, _TRANSFORMS_AT_ONCE // m)
     for start in range(0, n, chunk):
         part = slice(start, start + chunk)
-        spectra = _spectra(inputs, rows[part], radii[part], dev=dev, dtype=dtype)
+        # Views of the batch's arrays where the rows are the batch's own.
+        rows = part if subset is None else subset[part]
+        spectra = _spectra(inputs, rows, radii[part], dev=dev, dtype=dtype)
         models = sp_fft.irfft2(spectra, s=(size, size), overwrite_x=True)
         _weighted_sums(
-            models, inputs.weights[rows[part]], inputs.weighted_data[rows[part]],
-            den[part], num[part],
-        )  # fmt: skip
+            models, inputs.weights[rows], inputs.weighted_data[rows], den[part], num[part]
+        )
     return den, num
 
 

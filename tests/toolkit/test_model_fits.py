@@ -126,7 +126,7 @@ def test_psf_kernels_match_numpy_sums() -> None:
     size = stamps.shape[1]
     model = fits._place_all(kernels, size, centres[:, 0], centres[:, 1])
     normal, rhs = np.empty((4, 3, 3)), np.empty((4, 3))
-    _psf_normal_equations(model, weights, stamps, normal, rhs)
+    _psf_normal_equations(model, weights, stamps, np.arange(4), normal, rhs)
     gy, gx = np.gradient(model, axis=(1, 2))
     design = np.stack([model, -gx, -gy], axis=-1).reshape(4, -1, 3)
     w = np.where(model != 0, weights, 0.0).reshape(4, -1, 1)
@@ -165,13 +165,17 @@ def test_template_spectra_match_numpy_profiles(dev: bool) -> None:
     kk0 = np.sqrt(u00[0] * kx[3] ** 2 + 2 * u01[0] * kx[3] * ky[2] + u11[0] * ky[2] ** 2)
     radii = np.array([0.0, 1e-4, 0.37, 2.5, 4000.0, grid[200] / kk0, grid[1] / kk0])
     radii = np.tile(radii, (n, 1))
-    out = np.empty((n, radii.shape[1], size, size // 2 + 1), dtype=np.complex128)
-    work = np.empty((size + 1, size // 2 + 1))
-    _template_spectra(psf, u00, u01, u11, kx, ky, radii, dev, grid, values, slopes, work, out)
     kk = np.sqrt(
         u00[:, None, None] * kx * kx
         + 2 * u01[:, None, None] * kx * ky[:, None]
         + u11[:, None, None] * ky[:, None] * ky[:, None]
+    )
+    with np.errstate(divide="ignore"):
+        position = (np.log(kk) - np.log(grid[1])) * fits._dev_steps_per_log()
+    out = np.empty((n, radii.shape[1], size, size // 2 + 1), dtype=np.complex128)
+    work = np.empty(size // 2 + 1)
+    _template_spectra(
+        psf, kk, position, radii, dev, grid, values, slopes, fits._dev_steps_per_log(), work, out
     )
     q = kk[:, None] * radii[:, :, None, None]
     if dev:
