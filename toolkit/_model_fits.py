@@ -13,6 +13,12 @@ once:
 
 Kernels are placed on stamps with sub-pixel Fourier shifts (:func:`_place_all`).
 Stamp pixels are ``(y, x)`` indexed, 0-based pixel centres.
+
+Most of the time goes to small inverse FFTs (``scipy.fft``): 17 templates per
+source in the size scan. The scan draws them in single precision, about half the
+cost; every number reported comes from double-precision templates (see
+:func:`_model_fluxes`). The per-pixel loops (template spectra, weighted sums,
+the PSF fit's normal equations) are compiled, in :mod:`._model_fit_kernels`.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ _EXP_HLR_PER_SCALE = 1.6783469900166608  # half-light radius of exp(-r) in scale
 # Bound on the relative rounding of the single-precision size scan's sums (float32's
 # epsilon is 6e-8; the transforms and sums add a few hundred of them at most).
 _SCAN_TOLERANCE = 1e-6
-# Small transforms drawn at once in the size scan (arrays that stay in the cache).
+# Templates drawn per call in the size scan (bounds its work arrays to ~0.5 MB).
 _TRANSFORMS_AT_ONCE = 64
 # Templates closer than this to collinear (1 - cos² of their angle) count as one.
 _COLLINEAR = 1e-12
@@ -357,7 +363,8 @@ def _model_fluxes(
             den, num = _template_sums(templates, radii, dev=dev, dtype=np.complex64)
             point = den[:, 0], num[:, 0]
         else:
-            # Both profiles' templates of size 0 are the PSF (times F(0) = 1).
+            # Both profiles' templates of size 0 are the PSF times F(0) (= 1): the
+            # exponential scan's sums serve.
             f0 = float(_dev_table()[1][0])
             den, num = _template_sums(templates, radii[:, 1:], dev=dev, dtype=np.complex64)
             den = np.column_stack([f0 * f0 * point[0], den])
@@ -475,8 +482,8 @@ def _template_sums(
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """``sum W t²`` and ``sum W x t`` of the templates ``t`` of radii ``radii`` (n, m).
 
-    Drawn a few sources at a time: a few dozen small transforms at once run
-    faster than hundreds (whose arrays leave the cache).
+    The templates are drawn a few sources at a time and only their sums kept.
+    ``subset`` gives the batch rows of ``radii``'s rows (default: all, in order).
     """
     n, m = radii.shape
     size = inputs.psf_ft.shape[1]
