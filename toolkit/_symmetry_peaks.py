@@ -181,6 +181,37 @@ def _searched(
     return searched
 
 
+@_compiled
+def _strip_pixels(
+    significance: NDArray[np.float32],
+    labels: NDArray[np.integer],
+    searched: NDArray[np.bool_],
+    floor: np.float32,
+    y_start: int,
+    y_stop: int,
+) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.intp]]:  # pragma: no cover - compiled
+    """Return the pixels of rows ``y_start:y_stop`` to search, in raster order, and their labels.
+
+    Those at least ``floor`` bright in a footprint that ``searched`` marks.
+    """
+    nx = significance.shape[1]
+    count = 0
+    for y in range(y_start, y_stop):
+        for x in range(nx):
+            if significance[y, x] >= floor and labels[y, x] > 0 and searched[labels[y, x]]:
+                count += 1
+    ys = np.empty(count, dtype=np.intp)
+    xs = np.empty(count, dtype=np.intp)
+    lab = np.empty(count, dtype=np.intp)
+    i = 0
+    for y in range(y_start, y_stop):
+        for x in range(nx):
+            if significance[y, x] >= floor and labels[y, x] > 0 and searched[labels[y, x]]:
+                ys[i], xs[i], lab[i] = y, x, labels[y, x]
+                i += 1
+    return ys, xs, lab
+
+
 def _symmetry_peaks(
     significance: NDArray[np.float32],
     labels: NDArray[np.integer],
@@ -246,15 +277,9 @@ def _symmetry_peaks(
     found_x: list[NDArray[np.intp]] = []
     found_z: list[NDArray[np.float64]] = []
     for y_start in range(0, ny, _STRIP_ROWS):
-        rows = slice(y_start, y_start + _STRIP_ROWS)
-        strip_labels = labels[rows]
-        where = significance[rows] >= floor
-        where &= strip_labels > 0
-        strip_ys, strip_xs = np.nonzero(where)
-        strip_lab = strip_labels[strip_ys, strip_xs].astype(np.intp)
-        inside_searched = searched[strip_lab]
-        strip_ys = strip_ys[inside_searched] + y_start
-        strip_xs, strip_lab = strip_xs[inside_searched], strip_lab[inside_searched]
+        strip_ys, strip_xs, strip_lab = _strip_pixels(
+            significance, labels, searched, floor, y_start, min(y_start + _STRIP_ROWS, ny)
+        )
         # In chunks of pixels, so that the (pixel, peak) pairs stay few in crowded fields.
         for c0 in range(0, len(strip_ys), _CHUNK_PIXELS):
             ys, xs = strip_ys[c0 : c0 + _CHUNK_PIXELS], strip_xs[c0 : c0 + _CHUNK_PIXELS]
