@@ -268,7 +268,9 @@ def fit_psf(
     single &= ~is_child | (own >= _CHILD_MIN_FLUX_SHARE * parent_flux)
     bright = np.asarray(src["peak_significance"]) >= config.min_snr
     cand = np.flatnonzero(single & bright)
-    cand = cand[np.argsort(-np.asarray(src["peak_significance"])[cand])]
+    # A stable sort: candidates of equal significance keep their catalogue order, so the
+    # stars chosen do not depend on the sort algorithm's handling of ties.
+    cand = cand[np.argsort(-np.asarray(src["peak_significance"])[cand], kind="stable")]
     # Plain arrays for the loops: indexing Table columns per star is slow.
     parent_row_of = np.where(is_child, parent_rows, -1)
     peak_x, peak_y = np.asarray(src["peak_x"]), np.asarray(src["peak_y"])

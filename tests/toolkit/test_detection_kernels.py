@@ -1,0 +1,111 @@
+"""The compiled detection and deblending paths against their oracles: scipy and the full deblend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from stacklab.toolkit import (
+    Exposure,
+    deblend_sources,
+    detect_sources,
+    estimate_background,
+    subtract_background,
+)
+from stacklab.toolkit._footprint_spans import _grow, _label_compact, _label_runs, _label_spans
+from stacklab.toolkit._peaks import _FWHM_PER_SIGMA, _saturated_stars
+from stacklab.toolkit.process_frame import ProcessFrameConfig, _first_pass_psf, _gaussian_psf
+from stacklab.toolkit.psf import fit_psf
+from stacklab.toolkit.simulate import SimulationConfig, make_sky, simulate_visit
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_run_labelling_numbers_regions_as_ndimage_label(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    ny, nx = rng.integers(1, 150, 2)
+    image = rng.random((ny, nx)) < rng.uniform(0.02, 0.7)
+    if seed % 2:
+        image = ndimage.binary_dilation(image)
+    labels, n = _label_compact(image, np.ones((3, 3), dtype=bool))
+    spans, m = _label_runs(image)
+    assert m == n
+    np.testing.assert_array_equal(spans, _label_spans(labels))
+
+
+def _saturated_oracle(mask: np.ndarray, bit: int, sigma_px: float):
+    # The whole-image computation: grow the SAT pixels, label, spans sorted by (y, x).
+    saturated = (mask & bit) != 0
+    labels, n = _label_compact(
+        _grow(saturated, 2.0 * _FWHM_PER_SIGMA * sigma_px), np.ones((3, 3), bool)
+    )
+    centres = np.zeros((n + 1, 2), dtype=np.int64)
+    for k, sl in enumerate(ndimage.find_objects(labels), start=1):
+        ys, xs = np.nonzero(saturated[sl] & (labels[sl] == k))
+        centres[k] = (
+            round((ys.min() + ys.max()) / 2) + sl[0].start,
+            round((xs.min() + xs.max()) / 2) + sl[1].start,
+        )
+    spans = _label_spans(labels)
+    return spans[np.lexsort((spans[:, 2], spans[:, 1]))], centres
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_saturated_stars_in_boxes_match_the_whole_image(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    ny, nx = rng.integers(20, 300, 2)
+    exposure = Exposure(np.zeros((ny, nx)), variance=np.ones((ny, nx)))
+    sat = np.zeros((ny, nx), dtype=bool)
+    for _ in range(rng.integers(1, 30)):
+        y, x = rng.integers(0, ny), rng.integers(0, nx)
+        sat[y : y + rng.integers(1, 5), x : x + rng.integers(1, 4)] = True
+        if rng.random() < 0.3:  # a bleed trail
+            sat[y : y + rng.integers(1, 30), x] = True
+    exposure.set_plane("SAT", sat)
+    sigma = rng.uniform(0.3, 4.0)
+    spans, centres = _saturated_stars(exposure, sigma)
+    want_spans, want_centres = _saturated_oracle(
+        exposure.mask, exposure.mask_planes.bitmask("SAT"), sigma
+    )
+    np.testing.assert_array_equal(spans, want_spans)
+    np.testing.assert_array_equal(centres, want_centres)
+
+
+@pytest.fixture(scope="module")
+def crowded():
+    config = SimulationConfig(size=512, seed=5, bands=("r",), star_density_arcmin2=80.0)
+    sim = simulate_visit(make_sky(config), config, visit=0)
+    return subtract_background(sim.exposure, estimate_background(sim.exposure))
+
+
+def test_deblending_some_footprints_gives_their_rows_of_the_full_deblend(crowded) -> None:
+    det = detect_sources(crowded)
+    full = deblend_sources(crowded, det)
+    chosen = np.flatnonzero(np.asarray(det.footprints["n_peaks"]) > 1)[::2] + 1
+    part = deblend_sources(crowded, det, footprint_ids=chosen)
+    rows = np.isin(full.sources["footprint"], chosen)
+    assert len(part) == int(rows.sum()) > 0
+    np.testing.assert_array_equal(part.sources["id"], np.arange(1, len(part) + 1))
+    for name in ("footprint", "n_children", "peak_x", "peak_y", "flux_footprint", "template_x"):
+        np.testing.assert_array_equal(part.sources[name], full.sources[name][rows])
+    for got, want in zip(
+        part.heavy_footprints, np.array(full.heavy_footprints, dtype=object)[rows], strict=True
+    ):
+        assert (got.x0, got.y0) == (want.x0, want.y0)
+        np.testing.assert_array_equal(got.weights, want.weights)
+    with pytest.raises(ValueError, match="footprint_ids"):
+        deblend_sources(crowded, det, footprint_ids=[0])
+
+
+def test_first_pass_psf_fit_is_the_fit_on_the_full_deblend(crowded) -> None:
+    config = ProcessFrameConfig()
+    guess = _gaussian_psf(config.initial_fwhm_px)
+    fit = _first_pass_psf(crowded, guess, config, lambda name: None)
+    first = detect_sources(crowded.replace(psf=guess), config.detection)
+    want = fit_psf(
+        crowded, deblend_sources(crowded, first, config.deblend), config.psf, labels=first.labels
+    )
+    assert not fit.fallback and len(fit.stars) > 10
+    np.testing.assert_array_equal(fit.model.draw(100.0, 200.0), want.model.draw(100.0, 200.0))
+    for name in ("x", "y", "flux", "chi2", "used", "reserved"):
+        np.testing.assert_array_equal(fit.stars[name], want.stars[name])
