@@ -488,7 +488,7 @@ def _template_sums(
     n, m = radii.shape
     size = inputs.psf_ft.shape[1]
     den, num = np.empty((n, m)), np.empty((n, m))
-    chunk = max(1, _TRANSFORMS_AT_ONCE // m)
+    chunk = max(1, _TRANSFORMS_AT_ONCE // max(m, 1))
     for start in range(0, n, chunk):
         part = slice(start, start + chunk)
         # Views of the batch's arrays where the rows are the batch's own.
