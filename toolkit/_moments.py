@@ -9,6 +9,7 @@ centroid in 0-based stamp or image pixels and the second moments in px².
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import galsim
@@ -33,8 +34,9 @@ def _psf_stamp(psf: Any, x: float, y: float) -> NDArray[np.float64] | None:
         kernel = np.asarray(psf.compute_image(x, y), dtype=np.float64)
     except ValueError:
         return None
-    total = kernel.sum()
-    if kernel.ndim != 2 or not np.isfinite(total) or not total > 0:
+    # ndarray.sum's reduction without its Python wrapper (once per source).
+    total = float(np.add.reduce(kernel, axis=None))
+    if kernel.ndim != 2 or not math.isfinite(total) or not total > 0:
         return None
     return kernel / total
 
@@ -156,53 +158,60 @@ class _AdaptiveMoments:
     would pass (the float64 stamp; an int32 mask, 1 on the pixels used; the
     stamp's centre as the first centroid; ``guess_sig=2``, ``precision=1e-6`` and
     the default ``HSMParams``), so the moments are ``FindAdaptiveMom``'s bit for
-    bit; one result object is reused (every field read is rewritten on success).
+    bit. Stamp and mask go in buffers owned here, one pair per stamp shape
+    (:meth:`buffers`), wrapped in GalSim image views once; one result object is
+    reused (every field read is rewritten on success).
     """
 
     def __init__(self) -> None:
         self._params = galsim.hsm.HSMParams.default._hsmp
         self._result = galsim.hsm.ShapeData()._data
-        # GalSim bounds and first centroid of each stamp shape.
-        self._frames: dict[tuple[int, int], tuple[Any, Any]] = {}
+        # Per stamp shape: stamp and mask buffers, their GalSim views (which point
+        # into the buffers: they live together here) and the first centroid.
+        self._frames: dict[tuple[int, int], tuple[Any, ...]] = {}
 
-    def __call__(
-        self, stamp: NDArray[np.float64], keep: NDArray[np.int32]
-    ) -> tuple[float, float, float, float, float] | None:
-        """Return ``(x, y, ixx, iyy, ixy)`` (0-based stamp px, px²), or None where HSM fails.
-
-        Parameters
-        ----------
-        stamp : numpy.ndarray, shape (ny, nx)
-            C-contiguous float64 pixels.
-        keep : numpy.ndarray, shape (ny, nx)
-            C-contiguous int32: 1 where the pixel is used, 0 where it is bad.
-        """
-        ny, nx = stamp.shape
-        frame = self._frames.get((ny, nx))
+    def _frame(self, shape: tuple[int, int]) -> tuple[Any, ...]:
+        frame = self._frames.get(shape)
         if frame is None:
+            ny, nx = shape
+            stamp = np.zeros(shape)
+            keep = np.zeros(shape, dtype=np.int32)
+            bounds = _galsim.BoundsI(1, nx, 1, ny)
             frame = (
-                _galsim.BoundsI(1, nx, 1, ny),
+                stamp,
+                keep,
+                _galsim.ImageViewD(stamp.ctypes.data, 1, nx, bounds),
+                _galsim.ImageViewI(keep.ctypes.data, 1, nx, bounds),
                 _galsim.PositionD((nx + 1) / 2.0, (ny + 1) / 2.0),
             )
-            self._frames[ny, nx] = frame
-        bounds, centre = frame
-        # A mask without pixels raises HSMError (a RuntimeError) in the C++ code.
-        image = _galsim.ImageViewD(stamp.ctypes.data, 1, nx, bounds)
-        mask = _galsim.ImageViewI(keep.ctypes.data, 1, nx, bounds)
+            self._frames[shape] = frame
+        return frame
+
+    def buffers(self, shape: tuple[int, int]) -> tuple[NDArray[np.float64], NDArray[np.int32]]:
+        """Return the stamp (float64) and mask (int32, 1 on used pixels) :meth:`measure` reads."""
+        frame = self._frame(shape)
+        return frame[0], frame[1]
+
+    def measure(self, shape: tuple[int, int]) -> tuple[float, float, float, float, float] | None:
+        """Return ``(x, y, ixx, iyy, ixy)`` (0-based stamp px, px²) of the stamp in the buffers.
+
+        None where HSM fails (no convergence, singular moments, no pixel used, ...).
+        """
+        _, _, image, mask, centre = self._frame(shape)
         result = self._result
         try:
             _galsim.FindAdaptiveMomView(
                 result, image, mask, 2.0, 1.0e-6, centre, False, self._params
             )
-        except RuntimeError:  # HSMError: no convergence, singular moments, ...
+        except RuntimeError:  # GalSim's HSMError
             return None
         if result.moments_status != 0 or not result.moments_sigma > 0:
             return None
         sigma2 = result.moments_sigma**2
         # FindAdaptiveMom's observed_shape is a Shear: its e1, e2 went through g and
         # back, which can change their last bits; the same round trip keeps them.
-        shape = galsim.Shear(e1=result.observed_e1, e2=result.observed_e2)
-        e1, e2 = shape.e1, shape.e2
+        shape_ = galsim.Shear(e1=result.observed_e1, e2=result.observed_e2)
+        e1, e2 = shape_.e1, shape_.e2
         norm = sigma2 / np.sqrt(max(1.0 - e1 * e1 - e2 * e2, 1e-12))
         centroid = result.moments_centroid
         return (
@@ -221,6 +230,9 @@ def _hsm_moments(
 
     None where HSM fails (see :class:`_AdaptiveMoments`).
     """
-    stamp = np.ascontiguousarray(stamp, dtype=np.float64)
-    keep = np.ones(stamp.shape, np.int32) if bad is None else (~bad).astype(np.int32)
-    return _AdaptiveMoments()(stamp, keep)
+    moments = _AdaptiveMoments()
+    shape = (int(stamp.shape[0]), int(stamp.shape[1]))
+    pixels, keep = moments.buffers(shape)
+    pixels[...] = stamp
+    keep[...] = 1 if bad is None else ~bad
+    return moments.measure(shape)

@@ -84,7 +84,11 @@ def _source_planes(
     is_child: bool,
     sat_bit: int,
     no_data_bit: int,
-) -> tuple[Any, ...]:  # pragma: no cover - compiled
+    stamp_copy: NDArray[np.float64],
+    keep: NDArray[np.int32],
+    data: NDArray[np.float32],
+    data_variance: NDArray[np.float32],
+) -> tuple[NDArray[np.float64], NDArray[np.float64], int, int, bool]:  # pragma: no cover
     """Cut out the planes the measurement step uses for one source, in one pass.
 
     The stamp is ``image[iy-half:iy+half+1, ix-half:ix+half+1]`` (0 off the
@@ -95,21 +99,18 @@ def _source_planes(
     is bad off the image, where the image is not finite, where the variance is not
     finite and > 0, or where ``mask`` has one of ``bad_bits``.
 
+    Besides the arrays returned, it fills the stamp-sized ``stamp_copy`` with the
+    stamp, ``keep`` with 1 on good pixels and 0 on bad ones (GalSim's mask
+    convention), and ``data`` and ``data_variance`` (float32: sep works in float32
+    and would round float64 input to the same values) with the stamp and the
+    variance, 0 on bad pixels.
+
     Returns
     -------
     stamp : float64 array
         The source's pixels.
-    data : float32 array
-        ``stamp`` with bad pixels 0, as float32: sep works in float32 (it rounds
-        float64 input to the same values).
-    variance : float32 array
-        The variance, 0 on bad pixels.
     weight : float64 array
         ``1 / variance``, 0 on bad pixels.
-    bad : bool array
-        The bad pixels.
-    keep : int32 array
-        1 on good pixels, 0 on bad ones (GalSim's mask convention).
     n_bad : int
         Bad pixels.
     near : int
@@ -121,11 +122,7 @@ def _source_planes(
     ny, nx = image.shape
     size = 2 * half + 1
     stamp = np.empty((size, size))
-    data = np.empty((size, size), dtype=np.float32)
-    var_out = np.empty((size, size), dtype=np.float32)
     weight = np.empty((size, size))
-    bad = np.empty((size, size), dtype=np.bool_)
-    keep = np.empty((size, size), dtype=np.int32)
     n_bad = 0
     pny, pnx = parent.shape
     ony, onx = own.shape
@@ -161,17 +158,17 @@ def _source_planes(
                         share = own[oy, ox]
                     value = value * float(share)
             stamp[i, j] = value
-            bad[i, j] = is_bad
+            stamp_copy[i, j] = value
             if is_bad:
                 n_bad += 1
                 keep[i, j] = 0
                 data[i, j] = 0.0
-                var_out[i, j] = 0.0
+                data_variance[i, j] = 0.0
                 weight[i, j] = 0.0
             else:
                 keep[i, j] = 1
                 data[i, j] = np.float32(value)
-                var_out[i, j] = np.float32(var)
+                data_variance[i, j] = np.float32(var)
                 weight[i, j] = 1.0 / var
     near = 0
     for y in range(iy - 2, iy + 3):
@@ -187,4 +184,4 @@ def _source_planes(
                 y, x = own_y0 + i, own_x0 + j
                 if own[i, j] > 0 and 0 <= y < ny and 0 <= x < nx and mask[y, x] & sat_bit:
                     footprint_sat = True
-    return stamp, data, var_out, weight, bad, keep, n_bad, near, footprint_sat
+    return stamp, weight, n_bad, near, footprint_sat

@@ -31,6 +31,7 @@ Errors come from the variance plane. Failures become :class:`SourceFlag` bits.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,7 @@ from ._stamps import _source_planes, good_size
 from .deblend import Deblended
 from .exposure import Exposure
 from .flags import SourceFlag
+from .psf_model import PsfModel
 
 __all__ = ["MeasurementConfig", "Measurements", "measure_sources"]
 
@@ -70,6 +72,24 @@ _APERTURE_TRUNCATED = int(SourceFlag.APERTURE_TRUNCATED)
 _PSF_FLUX_FAILED = int(SourceFlag.PSF_FLUX_FAILED)
 _MODEL_FLUX_FAILED = int(SourceFlag.MODEL_FLUX_FAILED)
 _KRON_FAILED = int(SourceFlag.KRON_FAILED)
+# A source measured but for its PSF stamp (None until drawn): row, stamp, weights, PSF
+# stamp, centre x, y (stamp px), stamp origin x, y, moments, centroid x, y and stamp
+# centre x, y (image px).
+_Measured = tuple[
+    int,
+    NDArray[np.float64],
+    NDArray[np.float64],
+    NDArray[np.float64] | None,
+    float,
+    float,
+    int,
+    int,
+    tuple[float, float, float, float, float] | None,
+    float,
+    float,
+    int,
+    int,
+]
 # A source queued for the fits: a _FitInput without the PSF moments, and its centroid
 # in image pixels, where they are interpolated (for the whole batch at once).
 _Queued = tuple[
@@ -265,9 +285,15 @@ def measure_sources(
     parents, n_children = src["parent"].tolist(), src["n_children"].tolist()
     skipped = src["deblend_skipped"].tolist()
     moments = _AdaptiveMoments()
+    # Sources measured but for their PSF stamp, which queues them for the fits.
+    measured: list[_Measured] = []
+    fixed_psf_size = type(psf) is PsfModel  # a subclass might draw stamps of other sizes
+    # Per stamp size: GalSim's stamp and mask buffers and sep's data and variance,
+    # refilled for each source, and a mask without bad pixels.
+    stamp_buffers: dict[int, tuple[NDArray[Any], ...]] = {}
     radii_row = np.array(radii)[None, :]
     min_half, max_half = radii[-1] + 3, config.max_stamp_half_px
-    xs, ys = out["x"], out["y"]
+    xs, ys, ixxs, iyys, ixys = out["x"], out["y"], out["ixx"], out["iyy"], out["ixy"]
     for k in range(n):
         f = 0
         px0, py0 = int(peak_xs[k]), int(peak_ys[k])
@@ -290,10 +316,20 @@ def measure_sources(
         # own image has its siblings' shares removed inside the parent footprint.
         # Bad pixels (left out of every sum and fit): off the image, non-finite image,
         # variance not finite and > 0, or one of the bad mask planes.
-        stamp, data, var_c, w, bad, keep, n_bad, near, footprint_sat = _source_planes(
+        size = 2 * half + 1
+        buffers = stamp_buffers.get(size)
+        if buffers is None:
+            buffers = stamp_buffers[size] = (
+                *moments.buffers((size, size)),
+                np.empty((size, size), dtype=np.float32),
+                np.empty((size, size), dtype=np.float32),
+                np.zeros((size, size), dtype=bool),
+            )
+        hsm_stamp, keep, data, var_c, no_bad = buffers
+        stamp, w, n_bad, near, footprint_sat = _source_planes(
             image, variance, exposure.mask, bad_bits, px0, py0, half,
             heavy.weights, heavy.x0, heavy.y0, parent_fp.weights, parent_fp.x0, parent_fp.y0,
-            bool(parent), sat_bit, no_data_bit,
+            bool(parent), sat_bit, no_data_bit, hsm_stamp, keep, data, var_c,
         )  # fmt: skip
         if footprint_sat:
             f |= _SATURATED
@@ -309,13 +345,13 @@ def measure_sources(
         if ox < 0 or oy < 0 or px0 + half >= nx or py0 + half >= ny:
             f |= _EDGE
         # Adaptive moments and centroid.
-        shape = moments(stamp, keep)
+        shape = moments.measure((size, size))
         cx, cy = float(half), float(half)
         if shape is None:
             f |= _BAD_MOMENTS
         else:
             sx, sy, ixx, iyy, ixy = shape
-            out["ixx"][k], out["iyy"][k], out["ixy"][k] = ixx, iyy, ixy
+            ixxs[k], iyys[k], ixys[k] = ixx, iyy, ixy
             if np.hypot(sx - half, sy - half) > 2.0:
                 f |= _BAD_CENTROID
             else:
@@ -323,40 +359,44 @@ def measure_sources(
         gx, gy = cx + ox, cy + oy
         xs[k], ys[k] = gx, gy
         # Apertures (sep needs C-contiguous native arrays, as these are). Without a bad
-        # pixel the mask changes nothing (sep scales circular sums by area / unmasked
-        # area, exactly 1) but costs a quarter of the time: it is left out.
+        # pixel the mask would change nothing (sep scales a masked sum by area /
+        # unmasked area, then exactly 1) but cost a quarter of the time.
         x_arr, y_arr = np.array([cx]), np.array([cy])
-        circle_mask = bad if n_bad else None
+        bad = keep == 0 if n_bad else None
         fl, fe, ff = sep.sum_circle(
-            data, x_arr, y_arr, radii_row, var=var_c, mask=circle_mask, subpix=5
+            data, x_arr, y_arr, radii_row, var=var_c, mask=bad, subpix=5
         )  # fmt: skip
         aper[k], aper_err[k] = fl[0], fe[0]
-        edge = 2 * half
-        r_max = radii[-1]
-        if ff.any() or r_max > cx or r_max > cy or r_max > edge - cx or r_max > edge - cy:
+        edge, r_max = 2 * half, radii[-1]
+        off_stamp = r_max > cx or r_max > cy or r_max > edge - cx or r_max > edge - cy
+        # Any sep flag set (on a list: ndarray.any costs more than the test).
+        if off_stamp or any(ff[0].tolist()):
             f |= _APERTURE_TRUNCATED
         # Kron.
-        f |= _kron(data, var_c, bad, circle_mask, x_arr, y_arr, shape, config, out, k)
-        # PSF flux and the PSF's moments.
-        # The centroid may sit on a NO_DATA pixel next to the data; the stamp's centre
-        # (the peak, or a deblended child's template centre) is the fallback.
-        kernel = None if psf is None else _psf_stamp(psf, gx, gy)
-        if kernel is None and psf is not None:
-            kernel = _psf_stamp(psf, float(px0), float(py0))
-        if kernel is None or psf_grid is None:
-            f |= _PSF_FLUX_FAILED | _MODEL_FLUX_FAILED
-            flags[k] = f
+        f |= _kron(
+            data, var_c, bad, no_bad if bad is None else bad, x_arr, y_arr, shape, config, out, k
+        )
+        # PSF flux and the PSF's moments. The PSF stamps of a PsfModel (all of one
+        # size) are drawn for a chunk of sources at once, with its code and data in
+        # cache; otherwise, and until the first stamp sets psf_half, they are drawn
+        # here, as the next stamp's size may depend on this one's.
+        if psf_grid is None:
+            flags[k] = f | _PSF_FLUX_FAILED | _MODEL_FLUX_FAILED
             continue
-        psf_half = kernel.shape[0] // 2
+        kernel = None
+        if psf_half is None or not fixed_psf_size:
+            kernel = _psf_kernel(psf, gx, gy, px0, py0)
+            if kernel is None:
+                flags[k] = f | _PSF_FLUX_FAILED | _MODEL_FLUX_FAILED
+                continue
+            psf_half = kernel.shape[0] // 2
         flags[k] = f
-        # PSF and galaxy-model fits go by batches of stamps of one size. The fits
-        # weight with w (inverse variance, 0 on bad pixels).
-        key = (stamp.shape[0], kernel.shape[0])
-        batch = pending.setdefault(key, [])
-        batch.append((k, stamp, w, kernel, cx, cy, ox, oy, shape, gx, gy))
-        if len(batch) >= _FIT_BATCH:
-            _fit_queued(pending.pop(key), psf_grid, out, flags, config)
-    if psf_grid is not None:  # sources are only queued with a PSF
+        measured.append((k, stamp, w, kernel, cx, cy, ox, oy, shape, gx, gy, px0, py0))
+        if len(measured) >= _FIT_BATCH:
+            _queue_for_fits(measured, psf, psf_grid, pending, out, flags, config)
+            measured = []
+    if psf_grid is not None:  # sources are only measured for the fits with a PSF
+        _queue_for_fits(measured, psf, psf_grid, pending, out, flags, config)
         for batch in pending.values():
             _fit_queued(batch, psf_grid, out, flags, config)
     catalog = Table()
@@ -413,6 +453,49 @@ def extendedness(
     return np.where(np.isfinite(fp) & np.isfinite(fm), value, np.nan)
 
 
+def _psf_kernel(
+    psf: Any, x: float, y: float, x_peak: int, y_peak: int
+) -> NDArray[np.float64] | None:
+    """Return the PSF stamp at ``(x, y)``, else at the stamp centre ``(x_peak, y_peak)``.
+
+    The centroid may sit on a NO_DATA pixel next to the data, where a coadd's PSF
+    is not defined; the stamp's centre (the peak, or a deblended child's template
+    centre) is the fallback. None where the PSF is defined at neither.
+    """
+    kernel = _psf_stamp(psf, x, y)
+    if kernel is None:
+        kernel = _psf_stamp(psf, float(x_peak), float(y_peak))
+    return kernel
+
+
+def _queue_for_fits(
+    measured: list[_Measured],
+    psf: Any,
+    psf_grid: _PsfMomentGrid,
+    pending: dict[tuple[int, int], list[_Queued]],
+    out: dict[str, NDArray[Any]],
+    flags: NDArray[np.int64],
+    config: MeasurementConfig,
+) -> None:
+    """Draw the missing PSF stamps of ``measured`` sources and queue them, in order.
+
+    A source whose PSF cannot be drawn gets ``PSF_FLUX_FAILED | MODEL_FLUX_FAILED``.
+    Batches of stamps of one size are fitted as soon as they are full.
+    """
+    for k, stamp, w, kernel, cx, cy, ox, oy, shape, gx, gy, px0, py0 in measured:
+        if kernel is None:
+            kernel = _psf_kernel(psf, gx, gy, px0, py0)
+        if kernel is None:
+            flags[k] |= _PSF_FLUX_FAILED | _MODEL_FLUX_FAILED
+            continue
+        # The fits weight with w (inverse variance, 0 on bad pixels).
+        key = (stamp.shape[0], kernel.shape[0])
+        batch = pending.setdefault(key, [])
+        batch.append((k, stamp, w, kernel, cx, cy, ox, oy, shape, gx, gy))
+        if len(batch) >= _FIT_BATCH:
+            _fit_queued(pending.pop(key), psf_grid, out, flags, config)
+
+
 def _fit_queued(
     batch: list[_Queued],
     psf_grid: _PsfMomentGrid,
@@ -433,8 +516,8 @@ def _fit_queued(
 def _kron(
     data: NDArray[np.float32],
     var: NDArray[np.float32],
-    bad: NDArray[np.bool_],
-    circle_mask: NDArray[np.bool_] | None,
+    bad: NDArray[np.bool_] | None,
+    ellipse_mask: NDArray[np.bool_],
     x: NDArray[np.float64],
     y: NDArray[np.float64],
     shape: tuple[float, float, float, float, float] | None,
@@ -444,30 +527,34 @@ def _kron(
 ) -> int:
     """Measure the Kron radius (units of ``a, b``) and Kron flux into ``out[...][k]``.
 
-    ``x, y`` are the centre (stamp pixels) as one-element arrays; ``circle_mask`` is
-    ``bad``, or None when no pixel is bad: the Kron radius and circular sums then
-    need no mask, while an ellipse is summed with it (a needle-thin ellipse could
-    cover no pixel centre, where sep's masked sum is NaN). Returns the flag bits to
-    set (``KRON_FAILED`` or 0).
+    ``x, y`` are the centre (stamp pixels) as one-element arrays. ``bad`` is the
+    bad-pixel mask, None when no pixel is bad: the Kron radius and a circular sum
+    then need none. ``ellipse_mask`` is ``bad`` or all False: sep scales a masked
+    sum by area / unmasked area, NaN for an ellipse too thin to cover a pixel
+    centre. Returns the flag bits to set (``KRON_FAILED`` or 0).
     """
     if shape is None:
         return _KRON_FAILED
     _, _, ixx, iyy, ixy = shape
+    # ixx + iyy > 0 for HSM moments: math.sqrt (IEEE, as np.sqrt) never sees a
+    # negative number.
     mean, diff = 0.5 * (ixx + iyy), np.hypot(0.5 * (ixx - iyy), ixy)
-    a = np.array([np.sqrt(mean + diff)])
-    b = np.array([np.sqrt(max(mean - diff, 1e-6))])
+    a = np.array([math.sqrt(mean + diff)])
+    b = np.array([math.sqrt(max(mean - diff, 1e-6))])
     theta = np.array([0.5 * np.arctan2(2.0 * ixy, ixx - iyy)])
-    kr, kflag = sep.kron_radius(data, x, y, a, b, theta, 6.0, mask=circle_mask)
+    kr, kflag = sep.kron_radius(data, x, y, a, b, theta, 6.0, mask=bad)
     kron_radius = float(kr[0])
-    if not np.isfinite(kron_radius) or kron_radius <= 0 or kflag[0]:
+    if not math.isfinite(kron_radius) or kron_radius <= 0 or kflag[0]:
         return _KRON_FAILED
     radius = config.kron_factor * kron_radius
-    if radius * np.sqrt(a[0] * b[0]) < config.kron_min_radius_px:
+    if radius * math.sqrt(a[0] * b[0]) < config.kron_min_radius_px:
         flux, err, _ = sep.sum_circle(
-            data, x, y, config.kron_min_radius_px, var=var, mask=circle_mask, subpix=1
+            data, x, y, config.kron_min_radius_px, var=var, mask=bad, subpix=1
         )
     else:
-        flux, err, _ = sep.sum_ellipse(data, x, y, a, b, theta, radius, var=var, mask=bad, subpix=1)
+        flux, err, _ = sep.sum_ellipse(
+            data, x, y, a, b, theta, radius, var=var, mask=ellipse_mask, subpix=1
+        )
     out["kron_radius"][k] = kron_radius
     out["flux_kron"][k], out["flux_kron_err"][k] = flux[0], err[0]
     return 0

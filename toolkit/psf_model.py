@@ -122,10 +122,10 @@ class PsfModel:
             float((y - self.y_center) / self.scale),
             self.spatial_order,
         )
-        n = self.stamp_size
+        n_terms, n, _ = self.coefficients.shape
         # The product np.tensordot(t, coefficients, axes=1) makes, without its overhead.
-        stamp = np.dot(t[None, :], self.coefficients.reshape(len(t), n * n)).reshape(n, n)
-        total = stamp.sum()
+        stamp = np.dot(t[None, :], self.coefficients.reshape(n_terms, n * n)).reshape(n, n)
+        total = np.add.reduce(stamp, axis=None)  # stamp.sum() without its wrapper
         return np.asarray(stamp / total if total != 0 else stamp)
 
     def draw(self, x: float, y: float) -> NDArray[np.float64]:
