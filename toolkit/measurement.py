@@ -56,6 +56,10 @@ log = logging.getLogger(__name__)
 _EXTENDEDNESS_RATIO = 0.985
 # Sources per batch of PSF and galaxy-model fits (memory ~ 2 x 9 x batch stamps).
 _FIT_BATCH = 32
+# Sources measured before their PSF stamps are drawn and they are queued for the fits:
+# the per-source measurements then run long stretches without the fits evicting them
+# from the caches (32 -> 128 saves 3% of their time), for ~4 MB of stamps held (45 px).
+_MEASURED_CHUNK = 128
 # Flag bits as plain integers: IntFlag arithmetic costs microseconds per source.
 _BLENDED = int(SourceFlag.BLENDED)
 _PARENT = int(SourceFlag.PARENT)
@@ -378,8 +382,8 @@ def measure_sources(
         )
         # PSF flux and the PSF's moments. The PSF stamps of a PsfModel (all of one
         # size) are drawn for a chunk of sources at once, with its code and data in
-        # cache; otherwise, and until the first stamp sets psf_half, they are drawn
-        # here, as the next stamp's size may depend on this one's.
+        # cache; other PSFs', and all until the first stamp sets psf_half, are drawn
+        # here, as the next source's stamp size may depend on this one's.
         if psf_grid is None:
             flags[k] = f | _PSF_FLUX_FAILED | _MODEL_FLUX_FAILED
             continue
@@ -392,7 +396,7 @@ def measure_sources(
             psf_half = kernel.shape[0] // 2
         flags[k] = f
         measured.append((k, stamp, w, kernel, cx, cy, ox, oy, shape, gx, gy, px0, py0))
-        if len(measured) >= _FIT_BATCH:
+        if len(measured) >= _MEASURED_CHUNK:
             _queue_for_fits(measured, psf, psf_grid, pending, out, flags, config)
             measured = []
     if psf_grid is not None:  # sources are only measured for the fits with a PSF
