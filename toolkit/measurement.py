@@ -24,7 +24,8 @@ are ``weight * image``), isolated sources and parents see the image.
   exponential-model flux ``flux_exp``).
 
 The batched PSF-flux and galaxy-model fits are in :mod:`._model_fits`; HSM moments
-and the PSF's moments over the image (sampled where it is defined) in :mod:`._moments`.
+and the PSF's moments over the image (sampled where it is defined) in :mod:`._moments`;
+the compiled cut-out of each source's stamp and good-pixel planes in :mod:`._stamps`.
 Errors come from the variance plane. Failures become :class:`SourceFlag` bits.
 """
 
