@@ -8,6 +8,7 @@ centroid in 0-based stamp or image pixels and the second moments in px².
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from typing import Any
@@ -163,12 +164,17 @@ class _AdaptiveMoments:
     reused (every field read is rewritten on success).
     """
 
-    def __init__(self) -> None:
-        self._params = galsim.hsm.HSMParams.default._hsmp
-        self._result = galsim.hsm.ShapeData()._data
+    def __init__(self, *, direct: bool | None = None) -> None:
         # Per stamp shape: stamp and mask buffers, their GalSim views (which point
         # into the buffers: they live together here) and the first centroid.
         self._frames: dict[tuple[int, int], tuple[Any, ...]] = {}
+        # The entry point and views are GalSim internals (checked with 2.8): where a
+        # release changed them, the public FindAdaptiveMom gives the same moments,
+        # only slower. ``direct`` forces either path (None: the direct one if it works).
+        self._fast = _direct_call_works() if direct is None else direct
+        if self._fast:
+            self._params = galsim.hsm.HSMParams.default._hsmp
+            self._result = galsim.hsm.ShapeData()._data
 
     def _frame(self, shape: tuple[int, int]) -> tuple[Any, ...]:
         frame = self._frames.get(shape)
@@ -176,14 +182,15 @@ class _AdaptiveMoments:
             ny, nx = shape
             stamp = np.zeros(shape)
             keep = np.zeros(shape, dtype=np.int32)
-            bounds = _galsim.BoundsI(1, nx, 1, ny)
-            frame = (
-                stamp,
-                keep,
-                _galsim.ImageViewD(stamp.ctypes.data, 1, nx, bounds),
-                _galsim.ImageViewI(keep.ctypes.data, 1, nx, bounds),
-                _galsim.PositionD((nx + 1) / 2.0, (ny + 1) / 2.0),
-            )
+            views: tuple[Any, ...] = (None, None, None)
+            if self._fast:
+                bounds = _galsim.BoundsI(1, nx, 1, ny)
+                views = (
+                    _galsim.ImageViewD(stamp.ctypes.data, 1, nx, bounds),
+                    _galsim.ImageViewI(keep.ctypes.data, 1, nx, bounds),
+                    _galsim.PositionD((nx + 1) / 2.0, (ny + 1) / 2.0),
+                )
+            frame = (stamp, keep, *views)
             self._frames[shape] = frame
         return frame
 
@@ -197,7 +204,9 @@ class _AdaptiveMoments:
 
         None where HSM fails (no convergence, singular moments, no pixel used, ...).
         """
-        _, _, image, mask, centre = self._frame(shape)
+        stamp, keep, image, mask, centre = self._frame(shape)
+        if not self._fast:
+            return _public_moments(stamp, keep)
         result = self._result
         try:
             _galsim.FindAdaptiveMomView(
@@ -221,6 +230,60 @@ class _AdaptiveMoments:
             norm * (1.0 - e1),
             norm * e2,
         )
+
+
+def _public_moments(
+    stamp: NDArray[np.float64], keep: NDArray[np.int32]
+) -> tuple[float, float, float, float, float] | None:
+    """``(x, y, ixx, iyy, ixy)`` from the public ``galsim.hsm.FindAdaptiveMom`` (reference)."""
+    try:
+        result = galsim.hsm.FindAdaptiveMom(
+            galsim.ImageD(stamp, scale=1.0),
+            badpix=galsim.ImageI((keep == 0).astype(np.int32), scale=1.0),
+            strict=False,
+            guess_sig=2.0,
+        )
+    except galsim.GalSimError:  # e.g. every pixel masked
+        return None
+    if result.moments_status != 0 or not result.moments_sigma > 0:
+        return None
+    sigma2 = result.moments_sigma**2
+    e1, e2 = result.observed_shape.e1, result.observed_shape.e2
+    norm = sigma2 / np.sqrt(max(1.0 - e1 * e1 - e2 * e2, 1e-12))
+    centroid = result.moments_centroid
+    return (
+        centroid.x - 1.0,
+        centroid.y - 1.0,
+        norm * (1.0 + e1),
+        norm * (1.0 - e1),
+        norm * e2,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _direct_call_works() -> bool:
+    """Whether GalSim's HSM routine, called directly, gives FindAdaptiveMom's moments.
+
+    Checked once per process on a small masked elliptical Gaussian.
+    """
+    yy, xx = np.mgrid[0:15, 0:15] - 7.2
+    try:
+        moments = _AdaptiveMoments(direct=True)
+        stamp, keep = moments.buffers((15, 15))
+        stamp[...] = np.exp(-0.5 * (xx * xx / 4.0 + yy * yy / 2.5 + 0.3 * xx * yy))
+        keep[...] = 1
+        keep[0, 0] = 0
+        expected = _public_moments(stamp.copy(), keep.copy())
+        works = expected is not None and moments.measure((15, 15)) == expected
+    except (AttributeError, TypeError, RuntimeError):
+        works = False
+    if not works:
+        log.warning(
+            "GalSim %s's HSM internals differ from the ones stacklab calls directly; "
+            "adaptive moments use the slower public galsim.hsm.FindAdaptiveMom",
+            galsim.__version__,
+        )
+    return works
 
 
 def _hsm_moments(
