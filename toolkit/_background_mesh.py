@@ -122,10 +122,10 @@ def _evaluate(
     segment, weights = _spline_weights(ny, mesh.shape[0], box)
     if subtract_from is None:
         result = np.empty((n_rows, nx), dtype=np.float32)
-        _fill_rows(along_x, curvature, segment, weights, y0, result)
+        _map_rows(along_x, curvature, segment, weights, y0, False, result, result)
     else:
         result = np.empty((n_rows, nx), dtype=np.result_type(subtract_from, np.float32))
-        _subtract_rows(along_x, curvature, segment, weights, y0, subtract_from, result)
+        _map_rows(along_x, curvature, segment, weights, y0, True, subtract_from, result)
     return result
 
 
@@ -155,50 +155,32 @@ def _spline_weights(
 
 
 @_compiled
-def _fill_rows(
+def _map_rows(
     along_x: NDArray[np.float64],
     curvature: NDArray[np.float64],
     segment: NDArray[np.int64],
     weights: NDArray[np.float64],
     y0: int,
-    out: NDArray[np.float32],
-) -> None:  # pragma: no cover - compiled; run through _evaluate
-    """Write rows ``y0 : y0 + len(out)`` of the map into ``out`` (float32)."""
-    n_rows, nx = out.shape
-    for i in range(n_rows):
-        y = y0 + i
-        s = segment[y]
-        wa, wb, wc, wd = weights[y, 0], weights[y, 1], weights[y, 2], weights[y, 3]
-        for x in range(nx):
-            value = (
-                wa * along_x[s, x] + wb * along_x[s + 1, x]
-                + wc * curvature[s, x] + wd * curvature[s + 1, x]
-            )  # fmt: skip
-            out[i, x] = np.float32(value)
-
-
-@_compiled
-def _subtract_rows(
-    along_x: NDArray[np.float64],
-    curvature: NDArray[np.float64],
-    segment: NDArray[np.int64],
-    weights: NDArray[np.float64],
-    y0: int,
+    subtract: bool,
     image: NDArray[np.floating],
     out: NDArray[np.floating],
 ) -> None:  # pragma: no cover - compiled; run through _evaluate
-    """Write ``image`` minus rows ``y0 : y0 + len(image)`` of the float32 map into ``out``."""
+    """Write rows ``y0 : y0 + len(out)`` of the float32 map into ``out``.
+
+    With ``subtract``, write ``image`` minus them instead (``image`` is read only
+    then; pass ``out`` when there is none).
+    """
     n_rows, nx = out.shape
     for i in range(n_rows):
         y = y0 + i
         s = segment[y]
         wa, wb, wc, wd = weights[y, 0], weights[y, 1], weights[y, 2], weights[y, 3]
         for x in range(nx):
-            value = (
+            value = np.float32(
                 wa * along_x[s, x] + wb * along_x[s + 1, x]
                 + wc * curvature[s, x] + wd * curvature[s + 1, x]
             )  # fmt: skip
-            out[i, x] = image[i, x] - np.float32(value)
+            out[i, x] = image[i, x] - value if subtract else value
 
 
 def _mesh_from_map(map_: NDArray[np.floating], box: int) -> NDArray[np.float32]:
