@@ -168,7 +168,8 @@ class Detections:
     exposure : Exposure
         The input exposure (pixels shared) with DETECTED (and DETECTED_NEGATIVE)
         set on the grown footprints: in a new mask, or in the input's own mask
-        with ``mask_in_place=True``.
+        with ``mask_in_place=True``; the input itself, unmarked, with
+        ``mark_detected=False``.
     config : DetectionConfig
         The settings that made it.
     """
@@ -254,6 +255,7 @@ def detect_sources(
     *,
     mask_in_place: bool = False,
     keep_significance: bool = False,
+    mark_detected: bool = True,
 ) -> Detections:
     """Detect sources on a background-subtracted exposure.
 
@@ -272,6 +274,11 @@ def detect_sources(
     keep_significance : bool
         Keep the significance image in the result (a float32 image); by default
         it is dropped once the footprints are found.
+    mark_detected : bool
+        Set DETECTED (and DETECTED_NEGATIVE) at all. With False the result's
+        ``exposure`` is the input exposure itself, unmarked, and no mask is
+        copied: for callers that need only the footprints and peaks (as the
+        PSF-finding first pass of :func:`~stacklab.toolkit.process_frame`).
 
     Returns
     -------
@@ -341,12 +348,16 @@ def detect_sources(
         saturated,
     )
     del peak_map, saturated
-    mask = exposure.mask if mask_in_place else exposure.mask.copy()
-    planes_map = exposure.mask_planes
-    _set_bits(spans, mask, planes_map.bitmask("DETECTED"))
-    if negative is not None:
-        grown = _grow(negative, config.grow_psf_sigma * sigma_px)
-        mask[grown] |= np.int32(planes_map.bitmask("DETECTED_NEGATIVE"))
+    marked = exposure
+    if mark_detected:
+        mask = exposure.mask if mask_in_place else exposure.mask.copy()
+        planes_map = exposure.mask_planes
+        _set_bits(spans, mask, planes_map.bitmask("DETECTED"))
+        if negative is not None:
+            grown = _grow(negative, config.grow_psf_sigma * sigma_px)
+            mask[grown] |= np.int32(planes_map.bitmask("DETECTED_NEGATIVE"))
+        if not mask_in_place:
+            marked = exposure.replace(mask=mask)
     log.info(
         "detected %d footprints with %d peaks at %.1f sigma", len(footprints), len(peaks),
         config.threshold_sigma,
@@ -358,7 +369,7 @@ def detect_sources(
         significance=significance if keep_significance else None,
         kernel=kernel,
         kernel_sigma_px=sigma_px,
-        exposure=exposure if mask_in_place else exposure.replace(mask=mask),
+        exposure=marked,
         config=config,
     )
 

@@ -307,10 +307,11 @@ def _first_pass_psf(
     """Detect with the guessed PSF, deblend the footprints that can hold PSF stars, fit the PSF.
 
     A function of its own so that the first pass's full-size images (labels,
-    significance, mask) are freed before the second detection.
+    significance) are freed before the second detection.
     """
-    # PSF stars hit by cosmic rays are rejected by the fit's chi² clipping.
-    first = detect_sources(calexp.replace(psf=guess), config.detection)
+    # PSF stars hit by cosmic rays are rejected by the fit's chi² clipping. This
+    # pass's DETECTED plane is not needed: no mask copy to mark it in.
+    first = detect_sources(calexp.replace(psf=guess), config.detection, mark_detected=False)
     # Only sources with a peak of S/N >= min_snr can be PSF stars: the other
     # footprints need no deblending (the label image masks them as neighbours).
     peaks = first.peaks
@@ -318,7 +319,7 @@ def _first_pass_psf(
     first_blends = deblend_sources(calexp, first, config.deblend, footprint_ids=np.unique(bright))
     lap("detection_initial")
     labels = first.labels
-    del first  # its mask (with this pass's DETECTED plane) is not needed
+    del first
     return fit_psf(calexp, first_blends, config.psf, labels=labels)
 
 

@@ -109,3 +109,18 @@ def test_first_pass_psf_fit_is_the_fit_on_the_full_deblend(crowded) -> None:
     np.testing.assert_array_equal(fit.model.draw(100.0, 200.0), want.model.draw(100.0, 200.0))
     for name in ("x", "y", "flux", "chi2", "used", "reserved"):
         np.testing.assert_array_equal(fit.stars[name], want.stars[name])
+
+
+def test_unmarked_detection_leaves_the_mask_and_finds_the_same_sources(crowded) -> None:
+    mask = crowded.mask.copy()
+    marked = detect_sources(crowded, keep_significance=True)
+    unmarked = detect_sources(crowded, keep_significance=True, mark_detected=False)
+    assert unmarked.exposure is crowded
+    np.testing.assert_array_equal(crowded.mask, mask)
+    assert (marked.exposure.plane("DETECTED") == (marked.labels > 0)).all()
+    np.testing.assert_array_equal(unmarked.footprint_spans, marked.footprint_spans)
+    np.testing.assert_array_equal(unmarked.significance, marked.significance)
+    for name in marked.peaks.colnames:
+        np.testing.assert_array_equal(unmarked.peaks[name], marked.peaks[name])
+    for name in marked.footprints.colnames:
+        np.testing.assert_array_equal(unmarked.footprints[name], marked.footprints[name])
