@@ -29,14 +29,9 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from scipy.spatial import cKDTree
 
 from ._jit import _compiled
 
-# Rows per strip, and pixels per chunk of a strip: the pixel lists and (pixel, peak)
-# pairs stay small whatever the image size and crowding.
-_STRIP_ROWS = 256
-_CHUNK_PIXELS = 16384
 # Peaks farther than this many PSF sigmas from a pixel are not paired with it: their
 # mirror images there are far below the noise (S falls as exp(-r² / 4 sigma²)).
 _REACH_SIGMA = 12.0
@@ -79,91 +74,128 @@ def _subpixel_centres(
     return py + dy, px + dx
 
 
-def _bilinear(
-    image: NDArray[np.float32], y: NDArray[np.float64], x: NDArray[np.float64]
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """``image`` and the length of its gradient, interpolated bilinearly at ``(y, x)``.
-
-    All positions must lie inside ``[0, n - 1]`` on both axes.
-    """
-    ny, nx = image.shape
-    y0 = np.minimum(np.floor(y).astype(np.intp), ny - 2)
-    x0 = np.minimum(np.floor(x).astype(np.intp), nx - 2)
-    fy, fx = y - y0, x - x0
-    s00, s01 = image[y0, x0].astype(np.float64), image[y0, x0 + 1].astype(np.float64)
-    s10, s11 = image[y0 + 1, x0].astype(np.float64), image[y0 + 1, x0 + 1].astype(np.float64)
-    top = s00 * (1.0 - fx) + s01 * fx
-    bottom = s10 * (1.0 - fx) + s11 * fx
-    gx = (s01 - s00) * (1.0 - fy) + (s11 - s10) * fy
-    return top * (1.0 - fy) + bottom * fy, np.hypot(gx, bottom - top)
-
-
-def _chunk_candidates(
+@_compiled
+def _candidates(
     significance: NDArray[np.float32],
+    labels: NDArray[np.integer],
+    searched: NDArray[np.bool_],
     excluded: NDArray[np.bool_],
-    ys: NDArray[np.intp],
-    xs: NDArray[np.intp],
-    lab: NDArray[np.intp],
+    floor: float,
     owner: NDArray[np.integer],
     cy: NDArray[np.float64],
     cx: NDArray[np.float64],
     centre_error2: NDArray[np.float64],
-    peak_tree: cKDTree,
     reach: float,
     threshold: float,
     tolerance: float,
     min_separation: float,
-) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.float64]] | None:
-    """Pixels of one chunk whose residual reaches ``threshold`` times its noise.
+) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.float64]]:  # pragma: no cover
+    """Pixels whose residual reaches ``threshold`` times its noise, in raster order.
 
-    Each pixel ``(ys, xs)`` of footprint ``lab`` is paired with the peaks of its
-    footprint within ``reach`` px (farther ones cannot explain its light). Returns the
-    candidates' ``ys, xs`` and residuals, or None.
+    Searched are the pixels at least ``floor`` bright in a footprint that ``searched``
+    marks, each paired with the peaks of its footprint within ``reach`` px (found in
+    cells ``reach`` px wide; farther peaks cannot explain its light). Mirror images
+    are interpolated bilinearly, with the length of the interpolant's gradient.
+    Returns the candidates' ``ys, xs`` and residuals.
     """
     ny, nx = significance.shape
-    pairs = cKDTree(np.column_stack([xs, ys])).sparse_distance_matrix(
-        peak_tree, reach, output_type="ndarray"
-    )
-    pixel, peak = pairs["i"].astype(np.intp), pairs["j"].astype(np.intp)
-    same = owner[peak] == lab[pixel]
-    pixel, peak = pixel[same], peak[same]
-    if len(pixel) == 0:
-        return None
-    order = np.argsort(pixel, kind="stable")
-    pixel, peak = pixel[order], peak[order]
-    # Pairs grouped by pixel: pixels[k] owns pairs bounds[k]:bounds[k + 1].
-    pixels, bounds = np.unique(pixel, return_index=True)
-    py_pair, px_pair = ys[pixel], xs[pixel]
-    my = 2.0 * cy[peak] - py_pair
-    mx = 2.0 * cx[peak] - px_pair
-    distance2 = (cy[peak] - py_pair) ** 2 + (cx[peak] - px_pair) ** 2
-    inside = (my >= 0) & (my <= ny - 1) & (mx >= 0) & (mx <= nx - 1)
-    pair_value = significance[py_pair, px_pair].astype(np.float64)
-    mirrored = np.full(len(pixel), np.inf)
-    slope = np.zeros(len(pixel))
-    mirrored[inside], slope[inside] = _bilinear(significance, my[inside], mx[inside])
-    # A mirror image off the image or on excluded pixels is unknown: the pixel is
-    # not searched (a star cut by the edge would otherwise leave all of its light).
-    blocked = ~inside
-    blocked[inside] = excluded[
-        np.rint(my[inside]).astype(np.intp), np.rint(mx[inside]).astype(np.intp)
-    ]
-    # Mirror images below one noise unit would add noise and explain nothing.
-    used = ~blocked & (mirrored >= 1.0)
-    template = np.where(used, np.minimum(pair_value, mirrored), 0.0)
-    # An error e in a peak's centre moves its mirror image by 2e: on a slope
-    # that changes the template by 2 e |grad S|.
-    shift_noise = np.where(used, 2.0 * slope, 0.0) ** 2 * centre_error2[peak]
-    explained = np.add.reduceat(template, bounds)
-    n_used = np.add.reduceat(used.astype(np.int64), bounds)
-    shift_var = np.add.reduceat(shift_noise, bounds)
-    any_blocked = np.logical_or.reduceat(blocked, bounds)
-    near = np.minimum.reduceat(distance2, bounds) < min_separation**2
-    value = pair_value[bounds]  # S at each pixel (its first pair)
-    noise = np.sqrt(1.0 + n_used + shift_var + (tolerance * explained) ** 2)
-    excess = value - explained
-    keep = (excess >= threshold * noise) & ~any_blocked & ~near
-    return ys[pixels[keep]], xs[pixels[keep]], excess[keep]
+    cell = max(reach, 1.0)
+    n_cy, n_cx = int(ny / cell) + 1, int(nx / cell) + 1
+    # Peaks by cell of their centre (index order within a cell).
+    cell_of = np.empty(len(cy), dtype=np.int64)
+    first = np.zeros(n_cy * n_cx + 1, dtype=np.int64)
+    for j in range(len(cy)):
+        gy = min(max(int(cy[j] / cell), 0), n_cy - 1)
+        gx = min(max(int(cx[j] / cell), 0), n_cx - 1)
+        cell_of[j] = gy * n_cx + gx
+        first[cell_of[j] + 1] += 1
+    for c in range(n_cy * n_cx):
+        first[c + 1] += first[c]
+    members = np.empty(len(cy), dtype=np.int64)
+    filled = first[:-1].copy()
+    for j in range(len(cy)):
+        members[filled[cell_of[j]]] = j
+        filled[cell_of[j]] += 1
+    reach2 = reach * reach
+    separation2 = min_separation * min_separation
+    out_y = np.empty(64, dtype=np.intp)
+    out_x = np.empty(64, dtype=np.intp)
+    out_z = np.empty(64, dtype=np.float64)
+    n_out = 0
+    for y in range(ny):
+        gy = int(y / cell)
+        for x in range(nx):
+            value32 = significance[y, x]
+            if not value32 >= floor:
+                continue
+            k = labels[y, x]
+            if k <= 0 or not searched[k]:
+                continue
+            value = float(value32)
+            gx = int(x / cell)
+            explained, shift_var = 0.0, 0.0
+            n_used, n_pairs = 0, 0
+            rejected = False
+            for cell_y in range(max(gy - 1, 0), min(gy + 2, n_cy)):
+                for cell_x in range(max(gx - 1, 0), min(gx + 2, n_cx)):
+                    c = cell_y * n_cx + cell_x
+                    for t in range(first[c], first[c + 1]):
+                        j = members[t]
+                        if owner[j] != k:
+                            continue
+                        distance2 = (cy[j] - y) ** 2 + (cx[j] - x) ** 2
+                        if distance2 > reach2:
+                            continue
+                        n_pairs += 1
+                        my, mx = 2.0 * cy[j] - y, 2.0 * cx[j] - x
+                        # Too near a peak, or a mirror image off the image or on
+                        # excluded pixels (unknown: a star cut by the edge would
+                        # otherwise leave all of its light): not searched.
+                        if distance2 < separation2 or not (
+                            my >= 0 and my <= ny - 1 and mx >= 0 and mx <= nx - 1
+                        ):
+                            rejected = True
+                            break
+                        if excluded[int(np.rint(my)), int(np.rint(mx))]:
+                            rejected = True
+                            break
+                        y0 = min(int(np.floor(my)), ny - 2)
+                        x0 = min(int(np.floor(mx)), nx - 2)
+                        fy, fx = my - y0, mx - x0
+                        s00, s01 = float(significance[y0, x0]), float(significance[y0, x0 + 1])
+                        s10 = float(significance[y0 + 1, x0])
+                        s11 = float(significance[y0 + 1, x0 + 1])
+                        top = s00 * (1.0 - fx) + s01 * fx
+                        bottom = s10 * (1.0 - fx) + s11 * fx
+                        mirrored = top * (1.0 - fy) + bottom * fy
+                        # Mirror images below one noise unit would add noise and
+                        # explain nothing.
+                        if not mirrored >= 1.0:
+                            continue
+                        gradient_x = (s01 - s00) * (1.0 - fy) + (s11 - s10) * fy
+                        slope = np.hypot(gradient_x, bottom - top)
+                        explained += min(value, mirrored)
+                        n_used += 1
+                        # An error e in a peak's centre moves its mirror image by 2e:
+                        # on a slope that changes the template by 2 e |grad S|.
+                        shift_var += (2.0 * slope) ** 2 * centre_error2[j]
+                    if rejected:
+                        break
+                if rejected:
+                    break
+            if rejected or n_pairs == 0:
+                continue
+            noise = np.sqrt(1.0 + n_used + shift_var + (tolerance * explained) ** 2)
+            excess = value - explained
+            if not excess >= threshold * noise:
+                continue
+            if n_out == len(out_y):
+                out_y = np.concatenate((out_y, np.empty(n_out, dtype=np.intp)))
+                out_x = np.concatenate((out_x, np.empty(n_out, dtype=np.intp)))
+                out_z = np.concatenate((out_z, np.empty(n_out, dtype=np.float64)))
+            out_y[n_out], out_x[n_out], out_z[n_out] = y, x, excess
+            n_out += 1
+    return out_y[:n_out], out_x[:n_out], out_z[:n_out]
 
 
 @_compiled
@@ -179,37 +211,6 @@ def _searched(
             if excluded[y, x]:
                 searched[labels[y, x]] = False
     return searched
-
-
-@_compiled
-def _strip_pixels(
-    significance: NDArray[np.float32],
-    labels: NDArray[np.integer],
-    searched: NDArray[np.bool_],
-    floor: np.float32,
-    y_start: int,
-    y_stop: int,
-) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.intp]]:  # pragma: no cover - compiled
-    """Return the pixels of rows ``y_start:y_stop`` to search, in raster order, and their labels.
-
-    Those at least ``floor`` bright in a footprint that ``searched`` marks.
-    """
-    nx = significance.shape[1]
-    count = 0
-    for y in range(y_start, y_stop):
-        for x in range(nx):
-            if significance[y, x] >= floor and labels[y, x] > 0 and searched[labels[y, x]]:
-                count += 1
-    ys = np.empty(count, dtype=np.intp)
-    xs = np.empty(count, dtype=np.intp)
-    lab = np.empty(count, dtype=np.intp)
-    i = 0
-    for y in range(y_start, y_stop):
-        for x in range(nx):
-            if significance[y, x] >= floor and labels[y, x] > 0 and searched[labels[y, x]]:
-                ys[i], xs[i], lab[i] = y, x, labels[y, x]
-                i += 1
-    return ys, xs, lab
 
 
 def _symmetry_peaks(
@@ -268,33 +269,13 @@ def _symmetry_peaks(
     peak_value = np.maximum(significance[py, px].astype(np.float64), 1.0)
     centre_error2 = _CENTRE_ERROR_PX**2 + 2.0 * (sigma_px / peak_value) ** 2
     searched = _searched(labels, excluded, n_footprints)
-    peak_tree = cKDTree(np.column_stack([cx, cy]))
-    reach = _REACH_SIGMA * sigma_px
     # Only pixels at least sqrt(2) threshold bright are searched: with a mirror image
     # in use, the residual's noise is at least sqrt(2).
-    floor = np.float32(np.sqrt(2.0) * threshold)
-    found_y: list[NDArray[np.intp]] = []
-    found_x: list[NDArray[np.intp]] = []
-    found_z: list[NDArray[np.float64]] = []
-    for y_start in range(0, ny, _STRIP_ROWS):
-        strip_ys, strip_xs, strip_lab = _strip_pixels(
-            significance, labels, searched, floor, y_start, min(y_start + _STRIP_ROWS, ny)
-        )
-        # In chunks of pixels, so that the (pixel, peak) pairs stay few in crowded fields.
-        for c0 in range(0, len(strip_ys), _CHUNK_PIXELS):
-            ys, xs = strip_ys[c0 : c0 + _CHUNK_PIXELS], strip_xs[c0 : c0 + _CHUNK_PIXELS]
-            lab = strip_lab[c0 : c0 + _CHUNK_PIXELS]
-            found = _chunk_candidates(
-                significance, excluded, ys, xs, lab, owner, cy, cx, centre_error2, peak_tree,
-                reach, threshold, tolerance, min_separation,
-            )  # fmt: skip
-            if found is not None:
-                found_y.append(found[0])
-                found_x.append(found[1])
-                found_z.append(found[2])
-    if not found_y:
-        return none
-    ys, xs, z = np.concatenate(found_y), np.concatenate(found_x), np.concatenate(found_z)
+    floor = float(np.float32(np.sqrt(2.0) * threshold))
+    ys, xs, z = _candidates(
+        significance, labels, searched, excluded, floor, owner, cy, cx, centre_error2,
+        _REACH_SIGMA * sigma_px, threshold, tolerance, min_separation,
+    )  # fmt: skip
     if len(ys) == 0:
         return none
     # 8-connected regions of candidate pixels, found by looking up each neighbour.

@@ -124,3 +124,73 @@ def test_unmarked_detection_leaves_the_mask_and_finds_the_same_sources(crowded) 
         np.testing.assert_array_equal(unmarked.peaks[name], marked.peaks[name])
     for name in marked.footprints.colnames:
         np.testing.assert_array_equal(unmarked.footprints[name], marked.footprints[name])
+
+
+def _candidates_oracle(significance, labels, searched, excluded, floor, owner, cy, cx, error2,
+                       reach, threshold, tolerance, separation):  # fmt: skip
+    # Every searched pixel against every peak of its footprint, one pixel at a time.
+    ny, nx = significance.shape
+    s = significance.astype(np.float64)
+    found = []
+    searchable = (significance >= floor) & searched[labels] & (labels > 0)
+    for y, x in zip(*np.nonzero(searchable), strict=True):
+        peaks = np.flatnonzero(
+            (owner == labels[y, x]) & ((cy - y) ** 2 + (cx - x) ** 2 <= reach**2)
+        )
+        if len(peaks) == 0 or np.any((cy[peaks] - y) ** 2 + (cx[peaks] - x) ** 2 < separation**2):
+            continue
+        my, mx = 2.0 * cy[peaks] - y, 2.0 * cx[peaks] - x
+        if np.any((my < 0) | (my > ny - 1) | (mx < 0) | (mx > nx - 1)):
+            continue
+        if np.any(excluded[np.rint(my).astype(int), np.rint(mx).astype(int)]):
+            continue
+        y0 = np.minimum(np.floor(my).astype(int), ny - 2)
+        x0 = np.minimum(np.floor(mx).astype(int), nx - 2)
+        fy, fx = my - y0, mx - x0
+        top = s[y0, x0] * (1 - fx) + s[y0, x0 + 1] * fx
+        bottom = s[y0 + 1, x0] * (1 - fx) + s[y0 + 1, x0 + 1] * fx
+        mirrored = top * (1 - fy) + bottom * fy
+        gx = (s[y0, x0 + 1] - s[y0, x0]) * (1 - fy) + (s[y0 + 1, x0 + 1] - s[y0 + 1, x0]) * fy
+        used = mirrored >= 1.0
+        explained = np.sum(np.minimum(s[y, x], mirrored[used]))
+        shift = np.sum((2.0 * np.hypot(gx, bottom - top)[used]) ** 2 * error2[peaks][used])
+        noise = np.sqrt(1.0 + used.sum() + shift + (tolerance * explained) ** 2)
+        if s[y, x] - explained >= threshold * noise:
+            found.append((y, x, s[y, x] - explained))
+    return found
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_symmetry_candidates_match_the_pixel_by_pixel_oracle(seed: int) -> None:
+    from stacklab.toolkit._symmetry_peaks import _candidates
+
+    rng = np.random.default_rng(seed)
+    ny, nx = rng.integers(40, 120, 2)
+    # Pairs of overlapping Gaussian blobs (one faint on the other's slope), plus noise.
+    yy, xx = np.mgrid[:ny, :nx]
+    significance = rng.normal(0.0, 1.0, (ny, nx))
+    py, px = [], []
+    for _ in range(rng.integers(2, 8)):
+        y, x = rng.uniform(0, ny), rng.uniform(0, nx)
+        significance += rng.uniform(20, 300) * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 8.0)
+        y2, x2 = y + rng.uniform(-6, 6), x + rng.uniform(-6, 6)
+        significance += rng.uniform(5, 60) * np.exp(-((yy - y2) ** 2 + (xx - x2) ** 2) / 8.0)
+        py.append(int(np.clip(round(y), 0, ny - 1)))
+        px.append(int(np.clip(round(x), 0, nx - 1)))
+    significance = significance.astype(np.float32)
+    labels, n = ndimage.label(significance >= 5.0, np.ones((3, 3), dtype=bool))
+    owner = labels[py, px]
+    searched = rng.random(n + 1) < 0.8
+    searched[0] = False
+    excluded = rng.random((ny, nx)) < 0.002
+    cy = np.array(py, float) + rng.uniform(-0.5, 0.5, len(py))
+    cx = np.array(px, float) + rng.uniform(-0.5, 0.5, len(px))
+    cy, cx = np.clip(cy, 0, ny - 1), np.clip(cx, 0, nx - 1)
+    error2 = rng.uniform(0.01, 0.05, len(py))
+    args = (float(np.float32(7.07)), owner, cy, cx, error2, 18.0, 5.0, 0.05, 3.0)
+    ys, xs, z = _candidates(significance, labels, searched, excluded, *args)
+    want = _candidates_oracle(significance, labels, searched, excluded, *args)
+    assert [(int(y), int(x)) for y, x, _ in want] == list(
+        zip(ys.tolist(), xs.tolist(), strict=True)
+    )
+    np.testing.assert_allclose(z, [w[2] for w in want], rtol=1e-12, atol=1e-9)
