@@ -109,6 +109,81 @@ def _dilate_once(mask: NDArray[np.bool_], *, square: bool) -> None:
     mask[:, :-1] |= original[:, 1:]
 
 
+def _grown_runs(image: NDArray[np.bool_], radius: float) -> NDArray[np.int32]:
+    """Return the runs of ``_grow(image, radius)`` (as `_runs` gives them), with no grown image.
+
+    The dilations of `_grow` make one octagon: each row of the image's runs, widened
+    by the octagon's half-width at each row offset, lands on the rows around it. Runs
+    are merged row by row from those of up to ``2 round(radius) + 1`` rows.
+    """
+    runs = _runs(np.ascontiguousarray(image))
+    if radius <= 0 or len(runs) == 0 or round(radius) == 0:
+        return runs
+    steps = round(radius)
+    n_square = round(steps * (np.sqrt(2.0) - 1.0))
+    octagon = np.zeros((2 * steps + 1, 2 * steps + 1), dtype=bool)
+    octagon[steps, steps] = True
+    for i in range(steps):
+        _dilate_once(octagon, square=i < n_square)
+    # Row dy - steps of the octagon spans x offsets -width..width (it is convex).
+    widths = octagon.sum(axis=1).astype(np.int64) // 2
+    return _widen_runs(runs, widths, image.shape[0], image.shape[1])
+
+
+@_compiled
+def _widen_runs(
+    runs: NDArray[np.int32], widths: NDArray[np.int64], ny: int, nx: int
+) -> NDArray[np.int32]:  # pragma: no cover - compiled
+    """Return the runs (raster order) of ``runs`` moved by ``dy`` rows and ``widths[dy]`` wider.
+
+    ``dy`` runs over ``-steps..steps`` (``len(widths) == 2 steps + 1``); runs that
+    overlap or touch merge, clipped to the image, in raster order as `_runs` gives them.
+    """
+    steps = (len(widths) - 1) // 2
+    row_first = np.zeros(ny + 1, dtype=np.int64)
+    for r in range(len(runs)):
+        row_first[runs[r, 1] + 1] += 1
+    for y in range(ny):
+        row_first[y + 1] += row_first[y]
+    out = np.zeros((len(runs) * len(widths), 4), dtype=np.int32)
+    head = np.empty(len(widths), dtype=np.int64)
+    stop = np.empty(len(widths), dtype=np.int64)
+    n_out = 0
+    y_low = max(runs[0, 1] - steps, 0)
+    y_high = min(runs[len(runs) - 1, 1] + steps + 1, ny)
+    for y in range(y_low, y_high):
+        for k in range(len(widths)):
+            source = y - (k - steps)
+            if 0 <= source < ny:
+                head[k], stop[k] = row_first[source], row_first[source + 1]
+            else:
+                head[k], stop[k] = 0, 0
+        current_start, current_stop = -1, -1
+        while True:
+            # The source run that starts leftmost once widened.
+            best, best_start = -1, 0
+            for k in range(len(widths)):
+                if head[k] < stop[k]:
+                    start = max(runs[head[k], 2] - widths[k], 0)
+                    if best < 0 or start < best_start:
+                        best, best_start = k, start
+            if best < 0:
+                break
+            end = min(runs[head[best], 3] + widths[best], nx)
+            head[best] += 1
+            if current_stop >= best_start:  # overlaps or touches: one run
+                current_stop = max(current_stop, end)
+                continue
+            if current_start >= 0:
+                out[n_out, 1], out[n_out, 2], out[n_out, 3] = y, current_start, current_stop
+                n_out += 1
+            current_start, current_stop = best_start, end
+        if current_start >= 0:
+            out[n_out, 1], out[n_out, 2], out[n_out, 3] = y, current_start, current_stop
+            n_out += 1
+    return out[:n_out].copy()
+
+
 def _label_runs(image: NDArray[np.bool_]) -> tuple[NDArray[np.int32], int]:
     """8-connected regions of ``image`` as spans, numbered as ``ndimage.label`` numbers them.
 

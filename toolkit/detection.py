@@ -31,7 +31,15 @@ import numpy as np
 from astropy.table import Table
 from numpy.typing import NDArray
 
-from ._footprint_spans import _grow, _label_image, _label_runs, _paint, _span_pixels
+from ._footprint_spans import (
+    _connect_runs,
+    _grow,
+    _grown_runs,
+    _label_image,
+    _label_runs,
+    _paint,
+    _span_pixels,
+)
 from ._jit import _compiled
 from ._matched_filter import _BLOCK_ROWS, _kernel, _matched_filter, _smoothed_at
 from ._peaks import _dips, _local_maxima, _saturated_stars, _star_under
@@ -509,10 +517,9 @@ def _footprints(
     # Saturated stars first, so that their label image is gone before the footprints'.
     sat_of_peak = _star_under(saturated[0], py, px)
     sat_centres = saturated[1]
-    grown = _grow(above, config.grow_psf_sigma * sigma_px)
+    # The grown footprints as runs straight from the thresholded image's: no grown image.
+    spans, n = _connect_runs(_grown_runs(above, config.grow_psf_sigma * sigma_px))
     del above  # the caller passed its only reference
-    spans, n = _label_runs(grown)
-    del grown
     labels = _label_image(spans, significance.shape, n)
     owner = labels[py, px]
     keep_peak = np.zeros(len(py), dtype=bool)

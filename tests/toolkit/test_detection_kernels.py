@@ -13,7 +13,14 @@ from stacklab.toolkit import (
     estimate_background,
     subtract_background,
 )
-from stacklab.toolkit._footprint_spans import _grow, _label_compact, _label_runs, _label_spans
+from stacklab.toolkit._footprint_spans import (
+    _grow,
+    _grown_runs,
+    _label_compact,
+    _label_runs,
+    _label_spans,
+    _runs,
+)
 from stacklab.toolkit._peaks import _FWHM_PER_SIGMA, _saturated_stars
 from stacklab.toolkit.process_frame import ProcessFrameConfig, _first_pass_psf, _gaussian_psf
 from stacklab.toolkit.psf import fit_psf
@@ -31,6 +38,18 @@ def test_run_labelling_numbers_regions_as_ndimage_label(seed: int) -> None:
     spans, m = _label_runs(image)
     assert m == n
     np.testing.assert_array_equal(spans, _label_spans(labels))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_grown_runs_are_the_runs_of_the_grown_image(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    ny, nx = rng.integers(1, 90, 2)
+    image = rng.random((ny, nx)) < rng.uniform(0.0, 0.3)
+    if seed % 3 == 0:
+        image = ndimage.binary_dilation(image)
+    radius = rng.uniform(0.0, 9.0)
+    want = _runs(np.ascontiguousarray(_grow(image, radius)))
+    np.testing.assert_array_equal(_grown_runs(image, radius), want)
 
 
 def _saturated_oracle(mask: np.ndarray, bit: int, sigma_px: float):
