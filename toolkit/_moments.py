@@ -157,11 +157,11 @@ class _AdaptiveMoments:
     call: for thousands of small stamps that cost about half as much as the
     moments themselves. This calls the C++ routine it calls, with the inputs it
     would pass (the float64 stamp; an int32 mask, 1 on the pixels used; the
-    stamp's centre as the first centroid; ``guess_sig=2``, ``precision=1e-6`` and
-    the default ``HSMParams``), so the moments are ``FindAdaptiveMom``'s bit for
-    bit. Stamp and mask go in buffers owned here, one pair per stamp shape
-    (:meth:`buffers`), wrapped in GalSim image views once; one result object is
-    reused (every field read is rewritten on success).
+    stamp's centre as the first centroid; ``guess_sig`` (2 unless given),
+    ``precision=1e-6`` and the default ``HSMParams``), so the moments are
+    ``FindAdaptiveMom``'s bit for bit. Stamp and mask go in buffers owned here,
+    one pair per stamp shape (:meth:`buffers`), wrapped in GalSim image views
+    once; one result object is reused (every field read is rewritten on success).
     """
 
     def __init__(self, *, direct: bool | None = None) -> None:
@@ -199,65 +199,122 @@ class _AdaptiveMoments:
         frame = self._frame(shape)
         return frame[0], frame[1]
 
-    def measure(self, shape: tuple[int, int]) -> tuple[float, float, float, float, float] | None:
+    def measure(
+        self, shape: tuple[int, int], guess_sigma: float = 2.0
+    ) -> tuple[float, float, float, float, float] | None:
         """Return ``(x, y, ixx, iyy, ixy)`` (0-based stamp px, px²) of the stamp in the buffers.
 
         None where HSM fails (no convergence, singular moments, no pixel used, ...).
+        ``guess_sigma`` is HSM's first Gaussian sigma (px).
         """
-        stamp, keep, image, mask, centre = self._frame(shape)
+        found = self._find(shape, guess_sigma)
+        if found is None:
+            return None
+        sigma, e1, e2, x, y, _ = found
+        norm = sigma**2 / np.sqrt(max(1.0 - e1 * e1 - e2 * e2, 1e-12))
+        return (x, y, norm * (1.0 + e1), norm * (1.0 - e1), norm * e2)
+
+    def shape(
+        self, shape: tuple[int, int], guess_sigma: float = 2.0
+    ) -> tuple[float, float, float, float, float, float] | None:
+        """Return ``(T, e1, e2, x, y, amplitude)`` of the stamp in the buffers, or None.
+
+        ``T = 2 sigma²`` (px²), the distortions ``e1, e2``, the centroid (0-based
+        stamp px) and HSM's amplitude, as from ``FindAdaptiveMom``'s result.
+        """
+        found = self._find(shape, guess_sigma)
+        if found is None:
+            return None
+        sigma, e1, e2, x, y, amplitude = found
+        return (2.0 * sigma**2, e1, e2, x, y, amplitude)
+
+    def size(
+        self, shape: tuple[int, int], guess_sigma: float = 2.0
+    ) -> tuple[float, float, float] | None:
+        """Return ``(T, x, y)`` of :meth:`shape` (without the distortions' conversion), or None."""
         if not self._fast:
-            return _public_moments(stamp, keep)
+            found = self._find(shape, guess_sigma)
+            return None if found is None else (2.0 * found[0] ** 2, found[3], found[4])
+        result = self._run(shape, guess_sigma)
+        if result is None:
+            return None
+        centroid = result.moments_centroid
+        return (2.0 * result.moments_sigma**2, centroid.x - 1.0, centroid.y - 1.0)
+
+    def _run(self, shape: tuple[int, int], guess_sigma: float) -> Any | None:
+        """GalSim's C++ result for the stamp in the buffers (reused: read it at once), or None."""
+        _, _, image, mask, centre = self._frame(shape)
         result = self._result
         try:
             _galsim.FindAdaptiveMomView(
-                result, image, mask, 2.0, 1.0e-6, centre, False, self._params
+                result, image, mask, float(guess_sigma), 1.0e-6, centre, False, self._params
             )
         except RuntimeError:  # GalSim's HSMError
             return None
         if result.moments_status != 0 or not result.moments_sigma > 0:
             return None
-        sigma2 = result.moments_sigma**2
+        return result
+
+    def _find(
+        self, shape: tuple[int, int], guess_sigma: float
+    ) -> tuple[float, float, float, float, float, float] | None:
+        """HSM's ``(sigma, e1, e2, x, y, amplitude)`` of the stamp in the buffers, or None."""
+        if not self._fast:
+            stamp, keep = self.buffers(shape)
+            return _public_find(stamp, keep, guess_sigma)
+        result = self._run(shape, guess_sigma)
+        if result is None:
+            return None
         # FindAdaptiveMom's observed_shape is a Shear: its e1, e2 went through g and
         # back, which can change their last bits; the same round trip keeps them.
         shape_ = galsim.Shear(e1=result.observed_e1, e2=result.observed_e2)
-        e1, e2 = shape_.e1, shape_.e2
-        norm = sigma2 / np.sqrt(max(1.0 - e1 * e1 - e2 * e2, 1e-12))
         centroid = result.moments_centroid
         return (
+            result.moments_sigma,
+            shape_.e1,
+            shape_.e2,
             centroid.x - 1.0,
             centroid.y - 1.0,
-            norm * (1.0 + e1),
-            norm * (1.0 - e1),
-            norm * e2,
+            result.moments_amp,
         )
+
+
+def _public_find(
+    stamp: NDArray[np.float64], keep: NDArray[np.int32], guess_sigma: float = 2.0
+) -> tuple[float, float, float, float, float, float] | None:
+    """``(sigma, e1, e2, x, y, amplitude)`` from the public ``FindAdaptiveMom`` (reference)."""
+    try:
+        result = galsim.hsm.FindAdaptiveMom(
+            galsim.ImageD(stamp, scale=1.0),
+            badpix=galsim.ImageI((keep == 0).astype(np.int32), scale=1.0),
+            strict=False,
+            guess_sig=guess_sigma,
+        )
+    except galsim.GalSimError:  # e.g. every pixel masked
+        return None
+    if result.moments_status != 0 or not result.moments_sigma > 0:
+        return None
+    centroid = result.moments_centroid
+    return (
+        result.moments_sigma,
+        result.observed_shape.e1,
+        result.observed_shape.e2,
+        centroid.x - 1.0,
+        centroid.y - 1.0,
+        result.moments_amp,
+    )
 
 
 def _public_moments(
     stamp: NDArray[np.float64], keep: NDArray[np.int32]
 ) -> tuple[float, float, float, float, float] | None:
     """``(x, y, ixx, iyy, ixy)`` from the public ``galsim.hsm.FindAdaptiveMom`` (reference)."""
-    try:
-        result = galsim.hsm.FindAdaptiveMom(
-            galsim.ImageD(stamp, scale=1.0),
-            badpix=galsim.ImageI((keep == 0).astype(np.int32), scale=1.0),
-            strict=False,
-            guess_sig=2.0,
-        )
-    except galsim.GalSimError:  # e.g. every pixel masked
+    found = _public_find(stamp, keep)
+    if found is None:
         return None
-    if result.moments_status != 0 or not result.moments_sigma > 0:
-        return None
-    sigma2 = result.moments_sigma**2
-    e1, e2 = result.observed_shape.e1, result.observed_shape.e2
-    norm = sigma2 / np.sqrt(max(1.0 - e1 * e1 - e2 * e2, 1e-12))
-    centroid = result.moments_centroid
-    return (
-        centroid.x - 1.0,
-        centroid.y - 1.0,
-        norm * (1.0 + e1),
-        norm * (1.0 - e1),
-        norm * e2,
-    )
+    sigma, e1, e2, x, y, _ = found
+    norm = sigma**2 / np.sqrt(max(1.0 - e1 * e1 - e2 * e2, 1e-12))
+    return (x, y, norm * (1.0 + e1), norm * (1.0 - e1), norm * e2)
 
 
 @functools.lru_cache(maxsize=1)
@@ -275,6 +332,14 @@ def _direct_call_works() -> bool:
         keep[0, 0] = 0
         expected = _public_moments(stamp.copy(), keep.copy())
         works = expected is not None and moments.measure((15, 15)) == expected
+        # And with another first sigma, as the PSF fit passes (T, e1, e2, x, y, amplitude).
+        found = _public_find(stamp.copy(), keep.copy(), 1.5)
+        works = (
+            works
+            and found is not None
+            and moments.shape((15, 15), 1.5) == (2.0 * found[0] ** 2, *found[1:])
+            and moments.size((15, 15), 1.5) == (2.0 * found[0] ** 2, found[3], found[4])
+        )
     except (AttributeError, TypeError, RuntimeError):
         works = False
     if not works:

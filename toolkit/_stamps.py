@@ -11,6 +11,8 @@ from numpy.typing import NDArray
 from ._jit import _compiled
 
 _LARGEST = float(np.finfo(np.float64).max)
+# Stamps shifted per batch by fft_shift (bounds its temporaries' memory).
+_SHIFT_CHUNK = 128
 
 
 @functools.lru_cache(maxsize=256)
@@ -28,15 +30,32 @@ def good_size(n: int) -> int:
         m += 2
 
 
-def fft_shift(stamp: NDArray[np.floating], dx: float, dy: float) -> NDArray[np.float64]:
+def fft_shift(
+    stamp: NDArray[np.floating], dx: float | NDArray[np.floating], dy: float | NDArray[np.floating]
+) -> NDArray[np.float64]:
     """Shift ``stamp`` by ``(dx, dy)`` pixels with a Fourier phase ramp (sinc interpolation).
 
     Exact for band-limited images; a well-sampled PSF (FWHM >= 2.5 px) is. The shift
     wraps around, so callers pad the stamp by a few pixels and crop afterwards.
+    ``stamp`` may be a stack ``(..., ny, nx)`` with one shift per stamp (``dx``, ``dy``
+    of the stack's leading shape): each is transformed as on its own, bit for bit
+    (NumPy's FFTs go line by line), with one call's overhead for the stack.
     """
-    ny, nx = stamp.shape
+    ny, nx = stamp.shape[-2:]
+    if stamp.ndim == 3 and len(stamp) > _SHIFT_CHUNK:
+        # A few MB of complex temporaries at a time, however many stamps.
+        dx = np.broadcast_to(np.asarray(dx, dtype=np.float64), stamp.shape[:1])
+        dy = np.broadcast_to(np.asarray(dy, dtype=np.float64), stamp.shape[:1])
+        out = np.empty(stamp.shape)
+        for start in range(0, len(stamp), _SHIFT_CHUNK):
+            part = slice(start, start + _SHIFT_CHUNK)
+            out[part] = fft_shift(stamp[part], dx[part], dy[part])
+        return out
     ky = np.fft.fftfreq(ny)[:, None]  # fftfreq/rfftfreq are cheap next to the transforms
     kx = np.fft.rfftfreq(nx)[None, :]
+    if np.ndim(dx) or np.ndim(dy):
+        dx = np.asarray(dx, dtype=np.float64)[..., None, None]
+        dy = np.asarray(dy, dtype=np.float64)[..., None, None]
     phase = np.exp(-2j * np.pi * (kx * dx + ky * dy))
     return np.fft.irfft2(np.fft.rfft2(stamp) * phase, s=(ny, nx))
 
@@ -58,6 +77,22 @@ def cutout(
     if ys < ye and xs < xe:
         out[ys - y0 : ye - y0, xs - x0 : xe - x0] = array[ys:ye, xs:xe]
     return out
+
+
+def boxes(
+    array: NDArray[Any], ix: NDArray[np.intp], iy: NDArray[np.intp], half: int
+) -> NDArray[Any]:
+    """Return the stack of ``array[iy-half:iy+half+1, ix-half:ix+half+1]`` at each ``(ix, iy)``.
+
+    Every box must lie inside ``array`` (see :func:`inside_fraction`); one gather for all.
+    """
+    size = 2 * half + 1
+    ix = np.asarray(ix, dtype=np.intp)
+    iy = np.asarray(iy, dtype=np.intp)
+    if len(ix) == 0:
+        return np.empty((0, size, size), dtype=array.dtype)
+    windows = np.lib.stride_tricks.sliding_window_view(array, (size, size))
+    return np.asarray(windows[iy - half, ix - half])
 
 
 def inside_fraction(shape: tuple[int, int], ix: int, iy: int, half: int) -> bool:

@@ -32,7 +32,8 @@ import numpy as np
 from astropy.table import Table
 from numpy.typing import NDArray
 
-from ._stamps import cutout, fft_shift, inside_fraction
+from ._moments import _AdaptiveMoments
+from ._stamps import boxes, fft_shift, inside_fraction
 from .deblend import Deblended
 from .exposure import Exposure
 from .psf_model import PsfModel, PsfShape, _hsm, _n_terms, _terms
@@ -275,32 +276,45 @@ def fit_psf(
     parent_row_of = np.where(is_child, parent_rows, -1)
     peak_x, peak_y = np.asarray(src["peak_x"]), np.asarray(src["peak_y"])
     footprint_of, id_of = np.asarray(src["footprint"]), np.asarray(src["id"])
-    # First pass: moments of candidates in a generous stamp to find the locus.
+    # One set of HSM buffers for every stamp of the fit.
+    hsm = _AdaptiveMoments()
+    mask = exposure.mask
+    # First pass: moments of candidates in a generous stamp to find the locus. The
+    # stamps (inside the image) are cut all at once; those with a rejected or too
+    # bright pixel are dropped before any moments.
     guess_half = 12
+    first = cand[: 4 * config.max_stars]
+    fx, fy = peak_x[first].astype(np.intp), peak_y[first].astype(np.intp)
+    keep_first = _inside(fx, fy, guess_half, (ny, nx))
+    first, fx, fy = first[keep_first], fx[keep_first], fy[keep_first]
+    keep_first = ~np.any(boxes(mask, fx, fy, guess_half) & reject_bits, axis=(1, 2))
+    first, fx, fy = first[keep_first], fx[keep_first], fy[keep_first]
+    stamps = np.nan_to_num(boxes(image, fx, fy, guess_half).astype(np.float64))
+    keep_first = ~(stamps.max(axis=(1, 2), initial=-np.inf) > config.max_peak_fraction * saturate)
+    first, fx, fy = first[keep_first], fx[keep_first], fy[keep_first]
+    stamps = stamps[keep_first]
+    bad_first = _neighbours(labels, fx, fy, guess_half, footprint_of[first])
+    guess_shape = (2 * guess_half + 1, 2 * guess_half + 1)
+    pixels, keep = hsm.buffers(guess_shape)
     rows = []
-    for i in cand[: 4 * config.max_stars]:
-        ix, iy = int(peak_x[i]), int(peak_y[i])
-        if not inside_fraction((ny, nx), ix, iy, guess_half):
+    for k, (i, ix, iy) in enumerate(zip(first.tolist(), fx.tolist(), fy.tolist(), strict=True)):
+        pixels[...] = stamps[k]
+        bad = bad_first[k]
+        if parent_row_of[i] >= 0:
+            bad = bad | _siblings(sources, parent_row_of, i, ix, iy, guess_half)
+        np.logical_not(bad, out=keep, casting="unsafe")
+        found = hsm.size(guess_shape)
+        if found is None:
             continue
-        stamp = np.nan_to_num(cutout(image, ix, iy, guess_half).astype(np.float64))
-        if np.any(cutout(exposure.mask, ix, iy, guess_half) & reject_bits):
-            continue
-        if stamp.max() > config.max_peak_fraction * saturate:
-            continue
-        bad = _neighbours(labels, ix, iy, guess_half, int(footprint_of[i]))
-        bad |= _siblings(sources, parent_row_of, i, ix, iy, guess_half)
-        shape = _hsm(stamp, bad)
-        if shape is None:
-            continue
-        T, e1, e2, cx, cy, _ = shape
-        rows.append((int(id_of[i]), ix - guess_half + cx, iy - guess_half + cy, T, e1, e2, i))
+        T, cx, cy = found
+        rows.append((int(id_of[i]), ix - guess_half + cx, iy - guess_half + cy, T, i))
     stamp_size = config.stamp_size
     if len(rows) < _MIN_STARS:
         return _fallback(config, f"only {len(rows)} PSF star candidates", stamp_size)
     T_all = np.array([r[3] for r in rows])
     T_locus = _locus(T_all, config.size_tolerance)
     on_locus = np.abs(T_all / T_locus - 1.0) <= config.size_tolerance
-    rows = [r for r, keep in zip(rows, on_locus, strict=True) if keep][: config.max_stars]
+    rows = [r for r, keep_row in zip(rows, on_locus, strict=True) if keep_row][: config.max_stars]
     fwhm = np.sqrt(T_locus / 2.0) * _FWHM_PER_SIGMA
     if stamp_size is None:
         stamp_size = int(np.clip(2 * int(np.ceil(4.0 * fwhm)) + 1, 15, 51))
@@ -308,36 +322,39 @@ def fit_psf(
         return _fallback(config, f"only {len(rows)} stars on the stellar locus", stamp_size, fwhm)
     half = stamp_size // 2
     pad = 3
-    # Cut stamps, re-centre on the adaptive centroid and measure flux.
-    ids, xs, ys, data, weights, raw, raw_var, raw_bad = [], [], [], [], [], [], [], []
-    for star_id, x, y, _T, _e1, _e2, i in rows:
+    # Cut stamps (all at once), re-centre on the adaptive centroid (all stars'
+    # Fourier shifts in one batch) and measure flux.
+    ids, xs, ys, rows_in = [], [], [], []
+    for star_id, x, y, _T, i in rows:
         ix, iy = int(np.floor(x + 0.5)), int(np.floor(y + 0.5))
-        if not inside_fraction((ny, nx), ix, iy, half + pad):
-            continue
-        big = np.nan_to_num(cutout(image, ix, iy, half + pad).astype(np.float64))
-        bad = _neighbours(labels, ix, iy, half + pad, int(footprint_of[i]))
-        bad |= _siblings(sources, parent_row_of, i, ix, iy, half + pad)
-        bad = bad | ((cutout(exposure.mask, ix, iy, half + pad) & reject_bits) != 0)
-        var = cutout(variance, ix, iy, half + pad).astype(np.float64)
-        shifted = fft_shift(np.where(bad, 0.0, big), -(x - ix), -(y - iy))
-        crop = slice(pad, pad + stamp_size)
-        bad_c = bad[crop, crop]
-        bad_c = bad_c | np.roll(bad_c, 1, 0) | np.roll(bad_c, -1, 0)
-        bad_c = bad_c | np.roll(bad_c, 1, 1) | np.roll(bad_c, -1, 1)
-        ids.append(star_id)
-        xs.append(x)
-        ys.append(y)
-        data.append(shifted[crop, crop])
-        weights.append(np.where(bad_c | ~(var[crop, crop] > 0), 0.0, 1.0 / var[crop, crop]))
-        raw.append(big[crop, crop])
-        raw_var.append(var[crop, crop])
-        raw_bad.append(bad[crop, crop])
+        if inside_fraction((ny, nx), ix, iy, half + pad):
+            ids.append(star_id)
+            xs.append(x)
+            ys.append(y)
+            rows_in.append((i, ix, iy))
     n = len(ids)
     if n < _MIN_STARS:
         return _fallback(config, f"only {n} PSF stars away from the edges", stamp_size, fwhm)
+    star_rows, ixs, iys = (np.array(column, dtype=np.intp) for column in zip(*rows_in, strict=True))
+    big = np.nan_to_num(boxes(image, ixs, iys, half + pad).astype(np.float64))
+    var = boxes(variance, ixs, iys, half + pad).astype(np.float64)
+    bad = _neighbours(labels, ixs, iys, half + pad, footprint_of[star_rows])
+    bad |= (boxes(mask, ixs, iys, half + pad) & reject_bits) != 0
+    for k, (i, ix, iy) in enumerate(rows_in):
+        if parent_row_of[i] >= 0:
+            bad[k] |= _siblings(sources, parent_row_of, i, ix, iy, half + pad)
     x_arr, y_arr = np.array(xs), np.array(ys)
-    d = np.array(data)
-    inv_var = np.array(weights)
+    # Integer box centres as floats: what x - ix does per star.
+    dx, dy = -(x_arr - ixs.astype(np.float64)), -(y_arr - iys.astype(np.float64))
+    shifted = fft_shift(np.where(bad, 0.0, big), dx, dy)
+    crop = slice(pad, pad + stamp_size)
+    bad_c = bad[:, crop, crop]
+    bad_c = bad_c | np.roll(bad_c, 1, 1) | np.roll(bad_c, -1, 1)
+    bad_c = bad_c | np.roll(bad_c, 1, 2) | np.roll(bad_c, -1, 2)
+    var_c = var[:, crop, crop]
+    d = np.ascontiguousarray(shifted[:, crop, crop])
+    inv_var = np.where(bad_c | ~(var_c > 0), 0.0, 1.0 / var_c)
+    raw, raw_bad = big[:, crop, crop], bad[:, crop, crop]
     rng = np.random.default_rng(config.seed)
     reserved = np.zeros(n, dtype=bool)
     n_reserve = round(config.reserve_fraction * n)
@@ -386,9 +403,10 @@ def fit_psf(
     psf_model = PsfModel(coeffs, spatial_order=order, x_center=x_c, y_center=y_c, scale=scale)
     star_T, star_e1, star_e2 = (np.full(n, np.nan) for _ in range(3))
     mod_T, mod_e1, mod_e2 = (np.full(n, np.nan) for _ in range(3))
+    drawn = psf_model._draw_many(x_arr, y_arr)  # psf_model.draw at each star
     for k in range(n):
-        s = _hsm(raw[k], raw_bad[k], guess_sigma=fwhm / _FWHM_PER_SIGMA)
-        m = _hsm(psf_model.draw(x_arr[k], y_arr[k]), None, guess_sigma=fwhm / _FWHM_PER_SIGMA)
+        s = _hsm(raw[k], raw_bad[k], guess_sigma=fwhm / _FWHM_PER_SIGMA, moments=hsm)
+        m = _hsm(drawn[k], None, guess_sigma=fwhm / _FWHM_PER_SIGMA, moments=hsm)
         if s is not None and m is not None:
             star_T[k], star_e1[k], star_e2[k] = s[:3]
             mod_T[k], mod_e1[k], mod_e2[k] = m[:3]
@@ -421,14 +439,28 @@ def fit_psf(
     )
 
 
-def _neighbours(
-    labels: NDArray[np.integer] | None, ix: int, iy: int, half: int, own: int
+def _inside(
+    ix: NDArray[np.intp], iy: NDArray[np.intp], half: int, shape: tuple[int, int]
 ) -> NDArray[np.bool_]:
+    # inside_fraction of each box.
+    ny, nx = shape
+    return np.asarray((ix - half >= 0) & (iy - half >= 0) & (ix + half < nx) & (iy + half < ny))
+
+
+def _neighbours(
+    labels: NDArray[np.integer] | None,
+    ix: NDArray[np.intp],
+    iy: NDArray[np.intp],
+    half: int,
+    own: NDArray[np.integer],
+) -> NDArray[np.bool_]:
+    # Pixels of other footprints in the boxes (inside the image) around the stars of
+    # footprints ``own``.
     size = 2 * half + 1
     if labels is None:
-        return np.zeros((size, size), dtype=bool)
-    stamp = cutout(labels, ix, iy, half)
-    return np.asarray((stamp != 0) & (stamp != own))
+        return np.zeros((len(ix), size, size), dtype=bool)
+    stamps = boxes(labels, ix, iy, half)
+    return np.asarray((stamps != 0) & (stamps != np.asarray(own)[:, None, None]))
 
 
 def _siblings(

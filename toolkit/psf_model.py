@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import galsim
 import numpy as np
 from astropy.io import fits
 from numpy.typing import NDArray
 
+from ._moments import _AdaptiveMoments
 from ._stamps import fft_shift, good_size
 from .errors import ToolkitError
 
@@ -140,6 +140,21 @@ class PsfModel:
         shifted = fft_shift(np.pad(stamp, pad), dx, dy)[pad:-pad, pad:-pad]
         return np.asarray(shifted / shifted.sum())
 
+    def _draw_many(self, x: NDArray[np.float64], y: NDArray[np.float64]) -> NDArray[np.float64]:
+        """:meth:`draw` at each ``(x[k], y[k])``, bit for bit, with one batch of Fourier shifts."""
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        n = self.stamp_size
+        pad = (good_size(n + 6) - n) // 2
+        padded = np.zeros((len(x), n + 2 * pad, n + 2 * pad))
+        for k in range(len(x)):
+            padded[k, pad : pad + n, pad : pad + n] = self.compute_image(x[k], y[k])
+        dx, dy = x - np.floor(x + 0.5), y - np.floor(y + 0.5)
+        shifted = fft_shift(padded, dx, dy)[:, pad:-pad, pad:-pad]
+        # Each stamp's own sum: the same additions in the same order as draw's.
+        totals = np.array([stamp.sum() for stamp in shifted])
+        return np.asarray(shifted / totals[:, None, None])
+
     def moments(self, x: float, y: float) -> PsfShape:
         """Return adaptive moments (GalSim HSM) of the model at ``(x, y)``.
 
@@ -190,25 +205,21 @@ class PsfModel:
 
 
 def _hsm(
-    stamp: NDArray[np.floating], bad: NDArray[np.bool_] | None = None, guess_sigma: float = 2.0
+    stamp: NDArray[np.floating],
+    bad: NDArray[np.bool_] | None = None,
+    guess_sigma: float = 2.0,
+    *,
+    moments: _AdaptiveMoments | None = None,
 ) -> tuple[float, float, float, float, float, float] | None:
-    """Adaptive moments: T, e1, e2, x, y (stamp frame, 0-based) and amplitude, or None."""
-    image = galsim.ImageD(np.ascontiguousarray(stamp, dtype=np.float64), scale=1.0)
-    badpix = None if bad is None else galsim.ImageI(bad.astype(np.int32), scale=1.0)
-    try:
-        result = galsim.hsm.FindAdaptiveMom(
-            image, badpix=badpix, strict=False, guess_sig=guess_sigma
-        )
-    except galsim.GalSimError:  # e.g. every pixel masked
-        return None
-    if result.moments_status != 0 or not result.moments_sigma > 0:
-        return None
-    sigma = result.moments_sigma
-    return (
-        2.0 * sigma**2,
-        result.observed_shape.e1,
-        result.observed_shape.e2,
-        result.moments_centroid.x - 1.0,
-        result.moments_centroid.y - 1.0,
-        result.moments_amp,
-    )
+    """Adaptive moments: T, e1, e2, x, y (stamp frame, 0-based) and amplitude, or None.
+
+    ``galsim.hsm.FindAdaptiveMom``'s (default precision and first centroid), bit for
+    bit, through :class:`._moments._AdaptiveMoments`; pass ``moments`` to reuse its
+    buffers over many stamps.
+    """
+    moments = _AdaptiveMoments() if moments is None else moments
+    shape = (int(stamp.shape[0]), int(stamp.shape[1]))
+    pixels, keep = moments.buffers(shape)
+    pixels[...] = stamp
+    keep[...] = 1 if bad is None else ~bad
+    return moments.shape(shape, guess_sigma)

@@ -198,3 +198,73 @@ def test_config_validation() -> None:
         PsfConfig(stamp_size=20)
     with pytest.raises(ValueError, match="reserve_fraction"):
         PsfConfig(reserve_fraction=1.0)
+
+
+def test_batched_draws_and_shifts_equal_one_by_one(fitted) -> None:
+    # fit_psf draws the model at every star and re-centres every star in batches;
+    # each must be bit for bit what the single-stamp call gives.
+    from stacklab.toolkit._stamps import boxes, cutout, fft_shift
+
+    _, calexp, _, _, fit = fitted
+    rng = np.random.default_rng(3)
+    xs, ys = rng.uniform(20.0, 1000.0, (2, 12))
+    drawn = fit.model._draw_many(xs, ys)
+    for k in range(len(xs)):
+        np.testing.assert_array_equal(drawn[k], fit.model.draw(xs[k], ys[k]))
+    ix, iy = np.floor(xs).astype(np.intp), np.floor(ys).astype(np.intp)
+    stack = boxes(calexp.image, ix, iy, 9)
+    for k in range(len(xs)):
+        np.testing.assert_array_equal(stack[k], cutout(calexp.image, ix[k], iy[k], 9))
+    dx, dy = rng.uniform(-0.5, 0.5, (2, len(xs)))
+    shifted = fft_shift(stack.astype(np.float64), dx, dy)
+    for k in range(len(xs)):
+        np.testing.assert_array_equal(
+            shifted[k], fft_shift(stack[k].astype(np.float64), dx[k], dy[k])
+        )
+    assert boxes(calexp.image, ix[:0], iy[:0], 9).shape == (0, 19, 19)
+    # A stack longer than one batch of transforms.
+    many = rng.normal(size=(300, 11, 11))
+    dx, dy = rng.uniform(-0.5, 0.5, (2, 300))
+    shifted = fft_shift(many, dx, dy)
+    for k in range(300):
+        np.testing.assert_array_equal(shifted[k], fft_shift(many[k], dx[k], dy[k]))
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "public"])
+def test_star_moments_equal_galsim_find_adaptive_mom(fitted, direct) -> None:
+    # fit_psf's moments (the reused direct HSM call, or its public fallback) are
+    # galsim.hsm.FindAdaptiveMom's with the same first sigma, bit for bit.
+    from stacklab.toolkit._moments import _AdaptiveMoments
+    from stacklab.toolkit.psf_model import _hsm
+
+    _, calexp, _, _, fit = fitted
+    moments = _AdaptiveMoments(direct=direct)
+    rng = np.random.default_rng(5)
+    n_measured = 0
+    for x, y in zip(fit.stars["x"][:20], fit.stars["y"][:20], strict=True):
+        ix, iy = int(np.floor(x + 0.5)), int(np.floor(y + 0.5))
+        stamp = np.asarray(calexp.image[iy - 10 : iy + 11, ix - 10 : ix + 11], dtype=np.float64)
+        bad = rng.uniform(size=stamp.shape) < 0.05
+        got = _hsm(stamp, bad, guess_sigma=1.7, moments=moments)
+        result = galsim.hsm.FindAdaptiveMom(
+            galsim.ImageD(stamp, scale=1.0),
+            badpix=galsim.ImageI(bad.astype(np.int32), scale=1.0),
+            strict=False,
+            guess_sig=1.7,
+        )
+        if result.moments_status != 0:
+            assert got is None
+            continue
+        n_measured += 1
+        assert got == (
+            2.0 * result.moments_sigma**2,
+            result.observed_shape.e1,
+            result.observed_shape.e2,
+            result.moments_centroid.x - 1.0,
+            result.moments_centroid.y - 1.0,
+            result.moments_amp,
+        )
+        assert moments.size(stamp.shape, 1.7) == (got[0], got[3], got[4])
+    assert n_measured >= 15
+    # Every pixel masked: no moments (FindAdaptiveMom raises).
+    assert _hsm(np.ones((9, 9)), np.ones((9, 9), dtype=bool), moments=moments) is None
