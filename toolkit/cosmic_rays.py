@@ -29,7 +29,7 @@ from typing import Any
 import astroscrappy
 import numpy as np
 from numpy.typing import NDArray
-from scipy import sparse
+from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
 from ._jit import _compiled
@@ -216,16 +216,11 @@ def find_cosmic_rays(
     # cover a tiny fraction of the image, so no full-size pass is made after the search.
     ny, nx = exposure.shape
     if config.grow_px and len(hits):
-        # Square dilation, as ndimage.binary_dilation with a 3x3 square iterated grow_px times.
-        offsets = np.arange(-config.grow_px, config.grow_px + 1)
-        ys = (hits // nx)[:, None, None] + offsets[None, :, None]
-        xs = (hits % nx)[:, None, None] + offsets[None, None, :]
-        inside = (ys >= 0) & (ys < ny) & (xs >= 0) & (xs < nx)
-        hits = np.unique((ys * nx + xs)[inside])
+        hits = _grown(hits, (ny, nx), config.grow_px)
     ys, xs = hits // nx, hits % nx
     keep = ~_ignored_at(exposure, ignore_bits, ys, xs)
     ys, xs, hits = ys[keep], xs[keep], hits[keep]
-    n_hits = _count_groups(hits, nx)
+    n_hits = _count_groups(hits, (ny, nx))
     mask = exposure.mask.copy()
     mask[ys, xs] |= np.int32(exposure.mask_planes.bitmask("CR"))
     image = exposure.image
@@ -442,10 +437,46 @@ def _ignored_at(
     )
 
 
-def _count_groups(flat: NDArray[np.int64], nx: int) -> int:
+def _dense(n_pixels: int, shape: tuple[int, int]) -> bool:
+    """Whether a list of ``n_pixels`` flat indices is better handled as a boolean image.
+
+    Index lists win while cosmic rays cover a tiny fraction of the image; on a frame
+    with many hot pixels (or an underestimated variance) they would hold many times
+    the image's size in int64 indices.
+    """
+    return n_pixels > shape[0] * shape[1] // 64
+
+
+def _grown(hits: NDArray[np.int64], shape: tuple[int, int], grow_px: int) -> NDArray[np.int64]:
+    """Sorted flat indices of ``hits`` grown by a ``(2 grow_px + 1)``-pixel square.
+
+    The same pixels as ``ndimage.binary_dilation`` with a 3x3 square iterated
+    ``grow_px`` times (pixels off the image are not set).
+    """
+    ny, nx = shape
+    box = (2 * grow_px + 1) ** 2
+    if _dense(len(hits) * box, shape):
+        image = np.zeros(ny * nx, dtype=bool)
+        image[hits] = True
+        square = np.ones((3, 3), dtype=bool)
+        grown = ndimage.binary_dilation(image.reshape(ny, nx), square, iterations=grow_px)
+        return np.flatnonzero(grown)
+    offsets = np.arange(-grow_px, grow_px + 1)
+    ys = (hits // nx)[:, None, None] + offsets[None, :, None]
+    xs = (hits % nx)[:, None, None] + offsets[None, None, :]
+    inside = (ys >= 0) & (ys < ny) & (xs >= 0) & (xs < nx)
+    return np.unique((ys * nx + xs)[inside])
+
+
+def _count_groups(flat: NDArray[np.int64], shape: tuple[int, int]) -> int:
     """Count the 8-connected groups among the pixels of sorted flat indices ``flat``."""
     if len(flat) == 0:
         return 0
+    ny, nx = shape
+    if _dense(len(flat), shape):
+        image = np.zeros(ny * nx, dtype=bool)
+        image[flat] = True
+        return int(ndimage.label(image.reshape(ny, nx), np.ones((3, 3), dtype=bool))[1])
     x = flat % nx
     # Each pixel's earlier neighbours (left, and the three above), joined pairwise.
     pairs = []
