@@ -16,6 +16,8 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (stacklab)" >/dev/null
+	# Compile the numba kernels once (about 30 s), not in the first run or in every worker.
+	$(BIN)/python -m stacklab.toolkit.warm_kernels
 	touch $(STAMP)
 
 install: $(STAMP)
