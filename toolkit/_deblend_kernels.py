@@ -346,6 +346,76 @@ def _centroid_light(
 
 
 @_compiled
+def _block_sum(values: NDArray[np.float64], n: int) -> float:  # pragma: no cover - compiled
+    """Sum ``values[:n]`` (``n <= 128``) in NumPy's order: 8 accumulators, then the rest.
+
+    The same rounding as ``np.sum`` of a contiguous float64 row of at most 128
+    values (one block of its pairwise summation, which starts from 0).
+    """
+    if n < 8:
+        total = 0.0
+        for i in range(n):
+            total += values[i]
+        return total
+    r0, r1, r2, r3 = values[0], values[1], values[2], values[3]
+    r4, r5, r6, r7 = values[4], values[5], values[6], values[7]
+    i = 8
+    while i < n - n % 8:
+        r0 += values[i]
+        r1 += values[i + 1]
+        r2 += values[i + 2]
+        r3 += values[i + 3]
+        r4 += values[i + 4]
+        r5 += values[i + 5]
+        r6 += values[i + 6]
+        r7 += values[i + 7]
+        i += 8
+    total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        total += values[i]
+        i += 1
+    return total
+
+
+@_compiled
+def _centroid_iterations(
+    light: NDArray[np.float64],
+    gx: NDArray[np.float64],
+    gy: NDArray[np.float64],
+    cx: NDArray[np.float64],
+    cy: NDArray[np.float64],
+    iterations: int,
+    weight: float,
+) -> None:  # pragma: no cover - compiled
+    """Move ``(cx, cy)`` (in place) to the centroid of ``light`` under a Gaussian that follows it.
+
+    Per source ``k`` and iteration, ``w = light * exp(-((gx - cx)² + (gy - cy)²) weight)``
+    over the box ``(gx, gy)``, and the centre becomes ``(sum w gx, sum w gy) / sum w``
+    where ``sum w > 0``: NumPy's row sums in its order (the exponential is libm's).
+    The box holds at most 128 pixels (one block of NumPy's pairwise sums).
+    """
+    n, m = light.shape
+    if m > 128:
+        msg = "the centroid box must hold at most 128 pixels"
+        raise ValueError(msg)
+    w = np.empty(m)
+    wx = np.empty(m)
+    wy = np.empty(m)
+    for k in range(n):
+        x, y = cx[k], cy[k]
+        for _ in range(iterations):
+            for i in range(m):
+                d2 = (gx[k, i] - x) ** 2 + (gy[k, i] - y) ** 2
+                w[i] = light[k, i] * np.exp(-d2 * weight)
+                wx[i] = w[i] * gx[k, i]
+                wy[i] = w[i] * gy[k, i]
+            total = _block_sum(w, m)
+            if total > 0:
+                x, y = _block_sum(wx, m) / total, _block_sum(wy, m) / total
+        cx[k], cy[k] = x, y
+
+
+@_compiled
 def _crowded(centre2: NDArray[np.int64]) -> NDArray[np.bool_]:  # pragma: no cover - compiled
     """Centres (twice, on the half-pixel grid) within one pixel of another centre."""
     n = len(centre2)

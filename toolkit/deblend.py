@@ -37,6 +37,7 @@ from scipy.spatial import cKDTree
 
 from ._deblend_kernels import (
     _amplitudes_csr,
+    _centroid_iterations,
     _centroid_light,
     _children,
     _crowded,
@@ -62,7 +63,7 @@ _STRAY_NEIGHBOURS = 4
 # with sigma = 1.5 px (no PSF is needed: a moving Gaussian weight converges on the centre of
 # any symmetric source), iterations, and the largest move away from the detected peak (px;
 # symmetry-search peaks were seen up to ~4.5 px from a star 1.35 FWHM from a 10x brighter one).
-_CENTROID_BOX_PX = 5
+_CENTROID_BOX_PX = 5  # a box of at most 128 pixels (_centroid_iterations)
 _CENTROID_WEIGHT = 1.0 / (2 * 1.5**2)
 _CENTROID_ITERATIONS = 6
 _MAX_SHIFT_PX = 4.0
@@ -384,13 +385,7 @@ def _recentred(
     """
     light, gx, gy = _centroid_light(positive, *matrix, amplitude, centre2, _CENTROID_BOX_PX)
     cx, cy = centre2[:, 0] / 2.0, centre2[:, 1] / 2.0
-    for _ in range(_CENTROID_ITERATIONS):
-        w = light * np.exp(-((gx - cx[:, None]) ** 2 + (gy - cy[:, None]) ** 2) * _CENTROID_WEIGHT)
-        total = w.sum(axis=1)
-        ok = total > 0
-        safe = np.where(ok, total, 1.0)
-        cx = np.where(ok, (w * gx).sum(axis=1) / safe, cx)
-        cy = np.where(ok, (w * gy).sum(axis=1) / safe, cy)
+    _centroid_iterations(light, gx, gy, cx, cy, _CENTROID_ITERATIONS, _CENTROID_WEIGHT)
     # Never wander far from the detected peak: a peak whose light is mostly a
     # brighter neighbour's would otherwise climb onto it.
     dx, dy = cx - peaks[:, 0], cy - peaks[:, 1]

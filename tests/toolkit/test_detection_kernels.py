@@ -213,3 +213,40 @@ def test_symmetry_candidates_match_the_pixel_by_pixel_oracle(seed: int) -> None:
         zip(ys.tolist(), xs.tolist(), strict=True)
     )
     np.testing.assert_allclose(z, [w[2] for w in want], rtol=1e-12, atol=1e-9)
+
+
+def test_block_sum_rounds_as_numpy_sums_a_row() -> None:
+    from stacklab.toolkit._deblend_kernels import _block_sum
+
+    rng = np.random.default_rng(3)
+    for n in range(129):
+        values = rng.random(n) * np.exp(rng.normal(0.0, 8.0, n))
+        assert _block_sum(values, n) == np.sum(values)
+
+
+def test_centroid_iterations_match_the_numpy_loop() -> None:
+    from stacklab.toolkit._deblend_kernels import _centroid_iterations
+
+    rng = np.random.default_rng(4)
+    n, half, weight = 40, 5, 1.0 / (2 * 1.5**2)
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
+    start = rng.integers(0, 60, (n, 2)).astype(float)
+    gx = (start[:, :1] + xx.ravel()).astype(float)
+    gy = (start[:, 1:] + yy.ravel()).astype(float)
+    true = start + rng.uniform(-2.0, 2.0, (n, 2))
+    light = 100.0 * np.exp(-((gx - true[:, :1]) ** 2 + (gy - true[:, 1:]) ** 2) / 4.0)
+    light[::7] = 0.0  # no light: the centre stays
+    cx, cy = start[:, 0] + 0.5, start[:, 1] - 0.5
+    for _ in range(6):
+        w = light * np.exp(-((gx - cx[:, None]) ** 2 + (gy - cy[:, None]) ** 2) * weight)
+        total = w.sum(axis=1)
+        ok = total > 0
+        safe = np.where(ok, total, 1.0)
+        cx = np.where(ok, (w * gx).sum(axis=1) / safe, cx)
+        cy = np.where(ok, (w * gy).sum(axis=1) / safe, cy)
+    got_x, got_y = start[:, 0] + 0.5, start[:, 1] - 0.5
+    _centroid_iterations(light, gx, gy, got_x, got_y, 6, weight)
+    # Equal up to the last bits of the exponential (NumPy's SIMD exp vs libm's).
+    np.testing.assert_allclose(got_x, cx, rtol=1e-13, atol=1e-12)
+    np.testing.assert_allclose(got_y, cy, rtol=1e-13, atol=1e-12)
+    np.testing.assert_array_equal(got_x[::7], start[::7, 0] + 0.5)
