@@ -163,6 +163,7 @@ def _template_spectra(
     psf: NDArray[np.complexfloating],
     kk: NDArray[np.float64],
     position: NDArray[np.float64],
+    rows: NDArray[np.int64],
     radii: NDArray[np.float64],
     dev: bool,
     grid: NDArray[np.float64],
@@ -192,8 +193,11 @@ def _template_spectra(
     position : numpy.ndarray, shape (n, ny, nxh)
         ``(log kk - log grid[1]) * steps_per_log`` (-inf where ``kk = 0``): where
         ``kk`` falls in the table, in nodes after ``grid[1]``.
-    radii : numpy.ndarray, shape (n, m)
-        Half-light radii (px) of the templates of each source.
+    rows : numpy.ndarray of int64, shape (p,)
+        The source (row of ``psf``, ``kk`` and ``position``) of each output row;
+        a source may appear in several.
+    radii : numpy.ndarray, shape (p, m)
+        Half-light radii (px) of the templates of each output row.
     dev : bool
         De Vaucouleurs (True) or exponential (False).
     grid, values, slopes : numpy.ndarray
@@ -204,17 +208,18 @@ def _template_spectra(
     work : numpy.ndarray, shape (nxh,), float32 or float64
         Work space. The exponential is computed in its precision: single
         precision (which vectorises) for templates stored in single precision.
-    out : numpy.ndarray of complex, shape (n, m, ny, nxh)
+    out : numpy.ndarray of complex, shape (p, m, ny, nxh)
         Output: the templates' transforms (complex128 or complex64).
     """
-    n, ny, nxh = psf.shape
+    ny, nxh = psf.shape[1], psf.shape[2]
     m = radii.shape[1]
     one = work.dtype.type(1.0)
     inverse_scale = 1.0 / 1.6783469900166608  # exp(-r) has half-light radius 1.678... r
     last = grid.shape[0] - 1
-    for i in range(n):
+    for o in range(rows.shape[0]):
+        i = rows[o]
         for s in range(m):
-            radius = radii[i, s]
+            radius = radii[o, s]
             scale = work.dtype.type(radius * inverse_scale)
             shift = math.log(radius) * steps_per_log if radius > 0 else -np.inf
             for y in range(ny):
@@ -248,7 +253,7 @@ def _template_spectra(
                             f = values[j] if q == grid[j] else slopes[j] * (q - grid[j]) + values[j]
                         work[x] = f
                 for x in range(nxh):
-                    out[i, s, y, x] = psf[i, y, x] * work[x]
+                    out[o, s, y, x] = psf[i, y, x] * work[x]
 
 
 @_compiled
@@ -256,6 +261,7 @@ def _weighted_sums(
     models: NDArray[np.floating],
     weights: NDArray[np.float64],
     weighted_data: NDArray[np.float64],
+    rows: NDArray[np.int64],
     den: NDArray[np.float64],
     num: NDArray[np.float64],
 ) -> None:  # pragma: no cover - compiled; run through _model_fits
@@ -263,15 +269,18 @@ def _weighted_sums(
 
     Parameters
     ----------
-    models : numpy.ndarray, shape (n, m, ny, nx)
+    models : numpy.ndarray, shape (p, m, ny, nx)
         The templates (float32 or float64).
     weights, weighted_data : numpy.ndarray, shape (n, ny, nx)
-        Inverse-variance weights ``W`` and ``W x``.
-    den, num : numpy.ndarray, shape (n, m)
+        Inverse-variance weights ``W`` and ``W x`` of the sources.
+    rows : numpy.ndarray of int64, shape (p,)
+        The source of each row of ``models``.
+    den, num : numpy.ndarray, shape (p, m)
         Outputs.
     """
-    n, m, ny, nx = models.shape
-    for i in range(n):
+    p, m, ny, nx = models.shape
+    for o in range(p):
+        i = rows[o]
         for s in range(m):
             # Four partial sums: independent additions keep the pipeline full.
             d0 = d1 = d2 = d3 = 0.0
@@ -279,8 +288,8 @@ def _weighted_sums(
             for y in range(ny):
                 x = 0
                 while x + 3 < nx:
-                    t0, t1 = float(models[i, s, y, x]), float(models[i, s, y, x + 1])
-                    t2, t3 = float(models[i, s, y, x + 2]), float(models[i, s, y, x + 3])
+                    t0, t1 = float(models[o, s, y, x]), float(models[o, s, y, x + 1])
+                    t2, t3 = float(models[o, s, y, x + 2]), float(models[o, s, y, x + 3])
                     d0 += weights[i, y, x] * t0 * t0
                     d1 += weights[i, y, x + 1] * t1 * t1
                     d2 += weights[i, y, x + 2] * t2 * t2
@@ -291,9 +300,149 @@ def _weighted_sums(
                     n3 += weighted_data[i, y, x + 3] * t3
                     x += 4
                 while x < nx:
-                    t0 = float(models[i, s, y, x])
+                    t0 = float(models[o, s, y, x])
                     d0 += weights[i, y, x] * t0 * t0
                     n0 += weighted_data[i, y, x] * t0
                     x += 1
-            den[i, s] = (d0 + d1) + (d2 + d3)
-            num[i, s] = (n0 + n1) + (n2 + n3)
+            den[o, s] = (d0 + d1) + (d2 + d3)
+            num[o, s] = (n0 + n1) + (n2 + n3)
+
+
+@_compiled
+def _search_round(
+    den: NDArray[np.float64],
+    num: NDArray[np.float64],
+    drawn: NDArray[np.bool_],
+    data_sq: NDArray[np.float64],
+    tolerance_scale: float,
+    climb: NDArray[np.int64],
+    top: NDArray[np.int64],
+    wanted: NDArray[np.bool_],
+    ambiguous: NDArray[np.bool_],
+) -> bool:  # pragma: no cover - compiled; run through _model_fits
+    """One round of the size search of ``_model_fits._search_sizes``, per source.
+
+    Finds the best drawn size (``numpy.argmax``'s: the first of equal gains),
+    marks the source ambiguous where another drawn gain is within the rounding
+    bound ``tolerance_scale * (sqrt(best sum W x²) + best)`` of the best, steps
+    the start's climb uphill once both its neighbours are drawn, and marks the
+    undrawn neighbours of the best size and of the climb as wanted.
+
+    Parameters
+    ----------
+    den, num : numpy.ndarray, shape (n, sizes)
+        ``sum W t²`` and ``sum W x t`` of the drawn templates.
+    drawn : numpy.ndarray of bool, shape (n, sizes)
+        Which templates are drawn.
+    data_sq : numpy.ndarray, shape (n,)
+        ``sum W x²`` of each stamp.
+    tolerance_scale : float
+        Relative rounding bound of the sums (``_SCAN_TOLERANCE``).
+    climb : numpy.ndarray of int64, shape (n,)
+        Size index of the climb from the start; updated.
+    top : numpy.ndarray of int64, shape (n,)
+        Output: the best drawn size index.
+    wanted : numpy.ndarray of bool, shape (n, sizes)
+        Output: templates to draw next (False elsewhere).
+    ambiguous : numpy.ndarray of bool, shape (n,)
+        Set where a comparison was within the rounding bound.
+
+    Returns
+    -------
+    bool
+        Whether anything is wanted or a climb moved (the search goes on).
+    """
+    n, m = den.shape
+    gain = np.empty(m)
+    going = False
+    for i in range(n):
+        best = -np.inf
+        k = -1
+        for s in range(m):
+            g = -np.inf
+            if drawn[i, s] and den[i, s] > 0:
+                g = num[i, s] / den[i, s] * num[i, s]
+            gain[s] = g
+            # numpy.argmax: the first maximum, a NaN counting as the maximum.
+            if k < 0 or (not np.isnan(best) and (np.isnan(g) or g > best)):
+                best, k = g, s
+        top[i] = k
+        tolerance = tolerance_scale * (math.sqrt(max(best, 0.0) * data_sq[i]) + best)
+        close = 0
+        for s in range(m):
+            if gain[s] >= best - tolerance:
+                close += 1
+        if close > 1:
+            ambiguous[i] = True
+        c = climb[i]
+        lo, hi = max(c - 1, 0), min(c + 1, m - 1)
+        if drawn[i, lo] and drawn[i, c] and drawn[i, hi]:
+            step = lo
+            for s in (c, hi):
+                if not np.isnan(gain[step]) and (np.isnan(gain[s]) or gain[s] > gain[step]):
+                    step = s
+            if step != c:
+                climb[i] = step
+                going = True
+        for centre in (k, climb[i]):
+            for s in (centre - 1, centre + 1):
+                if 0 <= s < m and not drawn[i, s]:
+                    wanted[i, s] = True
+                    going = True
+    return going
+
+
+@_compiled
+def _search_unimodal(
+    den: NDArray[np.float64],
+    num: NDArray[np.float64],
+    drawn: NDArray[np.bool_],
+    top: NDArray[np.int64],
+    data_sq: NDArray[np.float64],
+    tolerance_scale: float,
+    unimodal: NDArray[np.bool_],
+    ambiguous: NDArray[np.bool_],
+) -> None:  # pragma: no cover - compiled; run through _model_fits
+    """Whether each source's drawn gains, in size order, rise strictly to ``top`` and then fall.
+
+    Where two successive drawn gains are within the rounding bound (see
+    :func:`_search_round`) the source is also marked ambiguous.
+
+    Parameters
+    ----------
+    den, num, drawn : numpy.ndarray, shape (n, sizes)
+        As for :func:`_search_round`.
+    top : numpy.ndarray of int64, shape (n,)
+        The best drawn size index of each source.
+    data_sq : numpy.ndarray, shape (n,)
+        ``sum W x²`` of each stamp.
+    tolerance_scale : float
+        Relative rounding bound of the sums.
+    unimodal : numpy.ndarray of bool, shape (n,)
+        Output.
+    ambiguous : numpy.ndarray of bool, shape (n,)
+        Set where two successive drawn gains are within the rounding bound.
+    """
+    n, m = den.shape
+    for i in range(n):
+        k = top[i]
+        best = -np.inf
+        if den[i, k] > 0:
+            best = num[i, k] / den[i, k] * num[i, k]
+        tolerance = tolerance_scale * (math.sqrt(max(best, 0.0) * data_sq[i]) + best)
+        ordered = True
+        previous = 0.0
+        have = False
+        for s in range(m):
+            if not drawn[i, s]:
+                continue
+            g = -np.inf
+            if den[i, s] > 0:
+                g = num[i, s] / den[i, s] * num[i, s]
+            if have:
+                rises = g > previous if s <= k else g < previous
+                ordered = ordered and rises
+                if not abs(g - previous) > tolerance:
+                    ambiguous[i] = True
+            previous, have = g, True
+        unimodal[i] = ordered

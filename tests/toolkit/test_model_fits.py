@@ -15,8 +15,17 @@ from stacklab.toolkit._model_fit_kernels import (
 )
 
 
-def _random_batch(rng: np.random.Generator, n: int = 6, size: int = 45):
-    """Galaxy-like stamps (exp + deV of random shapes, Gaussian PSF), noise, a few bad pixels."""
+def _random_batch(
+    rng: np.random.Generator,
+    n: int = 6,
+    size: int = 45,
+    fluxes: tuple[float, float] = (500, 2e4),
+    neighbours: float = 0.0,
+):
+    """Galaxy-like stamps (exp + deV of random shapes, Gaussian PSF), noise, a few bad pixels.
+
+    A fraction ``neighbours`` of the stamps also hold a brighter galaxy 12-18 px away.
+    """
     ksize = 31
     stamps, weights, kernels, centres, shapes, psf_shapes = [], [], [], [], [], []
     for i in range(n):
@@ -27,7 +36,7 @@ def _random_batch(rng: np.random.Generator, n: int = 6, size: int = 45):
         hlr = 0.0 if i == 0 else rng.uniform(0.5, 4.0)  # the first, a star
         dx, dy = rng.uniform(-0.5, 0.5, 2)
         shape = galsim.Shear(g1=rng.uniform(-0.3, 0.3), g2=rng.uniform(-0.3, 0.3))
-        flux = rng.uniform(500.0, 20000.0)
+        flux = rng.uniform(*fluxes)
         if hlr == 0:
             galaxy = psf.withFlux(flux)
         else:
@@ -37,6 +46,13 @@ def _random_batch(rng: np.random.Generator, n: int = 6, size: int = 45):
         image = galaxy.drawImage(
             nx=size, ny=size, scale=1.0, method="no_pixel", offset=(dx, dy)
         ).array.astype(np.float64)
+        if rng.random() < neighbours:
+            angle, distance = rng.uniform(0, 2 * np.pi), rng.uniform(12.0, 18.0)
+            other = galsim.Convolve(galsim.Exponential(half_light_radius=2.0), psf)
+            image += other.withFlux(3.0 * flux).drawImage(
+                nx=size, ny=size, scale=1.0, method="no_pixel",
+                offset=(distance * np.cos(angle), distance * np.sin(angle)),
+            ).array  # fmt: skip
         variance = 25.0 + 0.2 * np.abs(image)
         image = image + rng.normal(0.0, np.sqrt(variance))
         weight = 1.0 / variance
@@ -120,6 +136,92 @@ def test_model_fluxes_match_double_precision_oracle(
     np.testing.assert_allclose(got[:, 2], expected[:, 2], atol=1e-8)
 
 
+@pytest.mark.parametrize("seed", [21, 25, 34])
+def test_size_search_picks_the_full_scans_size(seed: int) -> None:
+    # Faint and bright sources of all sizes, some with a neighbour: noisy gain curves,
+    # some with two maxima. (With seeds 25 and 34 a search that drew only the grid's
+    # ends, or never fell back to the full scan, would choose other sizes.)
+    rng = np.random.default_rng(seed)
+    stamps, weights, kernels, centres, shapes, psf_shapes = _random_batch(
+        rng, n=40, fluxes=(150.0, 5e4), neighbours=0.3
+    )
+    size = stamps.shape[1]
+    middle = np.full(len(stamps), float(size // 2))
+    psf_stamps = fits._place_all(kernels, size, middle, middle)
+    got = np.array(fits._model_fluxes(stamps, weights, psf_stamps, centres, shapes, psf_shapes))
+    expected = _model_fluxes_oracle(stamps, weights, psf_stamps, centres, shapes, psf_shapes)
+    np.testing.assert_allclose(got[:, [0, 1, 3]], expected[:, [0, 1, 3]], rtol=1e-9)
+    np.testing.assert_allclose(got[:, 2], expected[:, 2], atol=1e-8)
+
+
+def _search_curves(curves: np.ndarray, start: np.ndarray):
+    """Run the size search on gain curves (n, sizes): chosen sizes, what it drew, ambiguous."""
+    drawn = np.zeros(curves.shape, dtype=bool)
+
+    def draw(sources, sizes):
+        assert not drawn[sources, sizes].any(), "a size drawn twice"
+        drawn[sources, sizes] = True
+        # Unit templates: the gain num² / den is the curve.
+        return np.ones(len(sources)), np.sqrt(curves[sources, sizes])
+
+    best, _, _, ambiguous = fits._search_sizes(draw, start, np.full(len(curves), 1e4))
+    return best, drawn, ambiguous
+
+
+def test_size_search_finds_the_maximum_of_unimodal_curves() -> None:
+    rng = np.random.default_rng(4)
+    n, m = 2000, len(fits._SIZE_FACTORS)
+    peak = rng.integers(0, m, n)
+    # Strictly rising to the peak, strictly falling after it, steps of random size.
+    steps = rng.uniform(0.01, 5.0, (n, m))
+    signs = np.where(np.arange(m) <= peak[:, None], 1.0, -1.0)
+    curves = np.cumsum(steps * signs, axis=1)
+    curves += 1.0 - curves.min(axis=1, keepdims=True)
+    best, drawn, ambiguous = _search_curves(curves, rng.integers(0, m, n))
+    np.testing.assert_array_equal(best, peak)
+    assert not ambiguous.any()
+    # Started at the peak, the search draws only the sizes it always draws, the peak
+    # and its neighbours.
+    best, drawn, _ = _search_curves(curves, peak)
+    np.testing.assert_array_equal(best, peak)
+    expected = np.zeros((n, m), dtype=bool)
+    expected[:, fits._ALWAYS_DRAWN] = True
+    for step in (-1, 0, 1):
+        expected[np.arange(n), np.clip(peak + step, 0, m - 1)] = True
+    np.testing.assert_array_equal(drawn, expected)
+
+
+def test_size_search_finds_a_second_maximum_at_the_ends() -> None:
+    # An interior maximum near the start, another at size 0 or at the largest size
+    # (a point source; a large template reaching a neighbour), either one the higher.
+    rng = np.random.default_rng(9)
+    n, m = 2000, len(fits._SIZE_FACTORS)
+    x = np.arange(m)
+    centre = rng.integers(2, m - 2, n)
+    curves = 10.0 - rng.uniform(0.5, 3.0, (n, 1)) * np.abs(x - centre[:, None])
+    end = np.where(rng.random(n) < 0.5, 0, m - 1)
+    curves[np.arange(n), end] = 10.0 + rng.uniform(-2.0, 2.0, n)
+    curves += 30.0
+    start = np.clip(centre + rng.integers(-1, 2, n), 0, m - 1)
+    best, drawn, ambiguous = _search_curves(curves, start)
+    np.testing.assert_array_equal(best, np.argmax(curves, axis=1))
+    assert not ambiguous.any()
+    # A dip in the drawn gains sends the source to the full scan.
+    assert drawn.all(axis=1).any()
+
+
+def test_size_search_draws_every_size_of_curves_not_clearly_unimodal() -> None:
+    m = len(fits._SIZE_FACTORS)
+    # Two interior maxima, the start on the lower one's: a dip between the drawn sizes.
+    curves = np.array([[1.0, 2.0, 3.0, 2.5, 1.0, 2.0, 5.0, 4.0, 2.8]])
+    best, drawn, ambiguous = _search_curves(curves, np.array([2]))
+    assert best[0] == 6 and drawn.all() and not ambiguous[0]
+    # Equal gains everywhere (no strict maximum): the full scan, its first size, and
+    # flagged for the double-precision search (the order of equal gains is rounding's).
+    best, drawn, ambiguous = _search_curves(np.full((1, m), 7.0), np.array([4]))
+    assert best[0] == 0 and drawn.all() and ambiguous[0]
+
+
 def test_psf_kernels_match_numpy_sums() -> None:
     rng = np.random.default_rng(3)
     stamps, weights, kernels, centres, _, _ = _random_batch(rng, n=4)
@@ -175,8 +277,9 @@ def test_template_spectra_match_numpy_profiles(dev: bool) -> None:
     out = np.empty((n, radii.shape[1], size, size // 2 + 1), dtype=np.complex128)
     work = np.empty(size // 2 + 1)
     _template_spectra(
-        psf, kk, position, radii, dev, grid, values, slopes, fits._dev_steps_per_log(), work, out
-    )
+        psf, kk, position, np.arange(n), radii, dev, grid, values, slopes,
+        fits._dev_steps_per_log(), work, out,
+    )  # fmt: skip
     q = kk[:, None] * radii[:, :, None, None]
     if dev:
         profile = np.interp(q, grid, values, right=0.0)
