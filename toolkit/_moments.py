@@ -39,6 +39,13 @@ def _psf_stamp(psf: Any, x: float, y: float) -> NDArray[np.float64] | None:
     total = float(np.add.reduce(kernel, axis=None))
     if kernel.ndim != 2 or not math.isfinite(total) or not total > 0:
         return None
+    if kernel.shape[0] != kernel.shape[1]:
+        msg = (
+            f"the PSF ({type(psf).__name__}) returned a stamp of shape {kernel.shape} at "
+            f"({x:g}, {y:g}); PSF fits need square stamps (odd sizes, centred on the middle "
+            "pixel): make compute_image return one"
+        )
+        raise ValueError(msg)
     return kernel / total
 
 

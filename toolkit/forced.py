@@ -33,7 +33,7 @@ import sep
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from ._model_fits import _place
+from ._psf_flux_fits import _place
 from ._stamps import cutout, good_size
 from .deblend import Deblended
 from .exposure import Exposure

@@ -8,6 +8,7 @@ import pytest
 from scipy import optimize
 
 from stacklab.toolkit import _model_fits as fits
+from stacklab.toolkit import _psf_flux_fits as psf_flux_fits
 from stacklab.toolkit._model_fit_kernels import (
     _psf_normal_equations,
     _psf_sums,
@@ -128,7 +129,7 @@ def test_model_fluxes_match_double_precision_oracle(
     stamps, weights, kernels, centres, shapes, psf_shapes = _random_batch(rng)
     size = stamps.shape[1]
     middle = np.full(len(stamps), float(size // 2))
-    psf_stamps = fits._place_all(kernels, size, middle, middle)
+    psf_stamps = psf_flux_fits._place_all(kernels, size, middle, middle)
     got = np.array(fits._model_fluxes(stamps, weights, psf_stamps, centres, shapes, psf_shapes))
     expected = _model_fluxes_oracle(stamps, weights, psf_stamps, centres, shapes, psf_shapes)
     # flux, flux_err, flux_exp to double-precision rounding; frac_dev absolutely.
@@ -147,7 +148,7 @@ def test_size_search_picks_the_full_scans_size(seed: int) -> None:
     )
     size = stamps.shape[1]
     middle = np.full(len(stamps), float(size // 2))
-    psf_stamps = fits._place_all(kernels, size, middle, middle)
+    psf_stamps = psf_flux_fits._place_all(kernels, size, middle, middle)
     got = np.array(fits._model_fluxes(stamps, weights, psf_stamps, centres, shapes, psf_shapes))
     expected = _model_fluxes_oracle(stamps, weights, psf_stamps, centres, shapes, psf_shapes)
     np.testing.assert_allclose(got[:, [0, 1, 3]], expected[:, [0, 1, 3]], rtol=1e-9)
@@ -226,7 +227,7 @@ def test_psf_kernels_match_numpy_sums() -> None:
     rng = np.random.default_rng(3)
     stamps, weights, kernels, centres, _, _ = _random_batch(rng, n=4)
     size = stamps.shape[1]
-    model = fits._place_all(kernels, size, centres[:, 0], centres[:, 1])
+    model = psf_flux_fits._place_all(kernels, size, centres[:, 0], centres[:, 1])
     normal, rhs = np.empty((4, 3, 3)), np.empty((4, 3))
     _psf_normal_equations(model, weights, stamps, np.arange(4), normal, rhs)
     gy, gx = np.gradient(model, axis=(1, 2))
@@ -318,3 +319,18 @@ def test_combine_is_nnls() -> None:
         err = flux / np.sqrt(np.sum(weights[i].ravel() * combined**2))
         np.testing.assert_allclose(result[:2], (flux, err), rtol=1e-9)
         assert result[2] == pytest.approx(coeffs[1] / flux, abs=1e-9)
+
+
+def test_an_even_sized_psf_stamp_is_placed_and_shifted():
+    # The Psf protocol asks for odd stamps, but even ones worked before the padding
+    # became FFT-friendly: the padded grid must keep the kernel's centre.
+    yy, xx = np.mgrid[0:20, 0:20] - 10.0
+    kernel = np.exp(-0.5 * (xx * xx + yy * yy) / 2.0**2)
+    kernel /= kernel.sum()
+    whole = psf_flux_fits._place(kernel, 31, 15.0, 15.0)
+    np.testing.assert_array_equal(whole[5:25, 5:25], kernel)
+    moved = psf_flux_fits._place(kernel, 31, 15.3, 15.0)
+    yy, xx = np.mgrid[0:31, 0:31]
+    assert moved.sum() == pytest.approx(1.0, abs=1e-6)
+    assert (moved * xx).sum() / moved.sum() == pytest.approx(15.3, abs=1e-3)
+    assert (moved * yy).sum() / moved.sum() == pytest.approx(15.0, abs=1e-3)

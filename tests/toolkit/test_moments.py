@@ -43,3 +43,16 @@ def test_measurement_without_the_direct_hsm_call_is_unchanged() -> None:
     assert len(fast) > 5
     for name in ("x", "y", "ixx", "iyy", "ixy", "flux_kron", "flux_psf", "flags"):
         np.testing.assert_array_equal(fast[name], slow[name])
+
+
+def test_a_psf_with_non_square_stamps_gets_a_clear_error():
+    class WidePsf:
+        def compute_image(self, x: float, y: float) -> np.ndarray:
+            return np.ones((15, 25))
+
+    config = SimulationConfig(size=96, galaxy_density_arcmin2=20.0, seed=6)
+    exposure = simulate_visit(make_sky(config), config, visit=0).exposure
+    exposure = exposure.replace(image=exposure.image - float(exposure.meta["SKYLEVEL"]))
+    sources = deblend_sources(exposure, detect_sources(exposure))
+    with pytest.raises(ValueError, match=r"WidePsf.*shape \(15, 25\).*square"):
+        measure_sources(exposure, sources, psf=WidePsf())
