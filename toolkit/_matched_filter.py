@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import fft
 
+from ._deblend_kernels import _block_sum
 from ._jit import _compiled
 from .exposure import Exposure
 
@@ -175,30 +176,69 @@ def _signal_to_noise(
             out_row[x] = smoothed_row[col0 + x] / np.sqrt(n2)
 
 
+@_compiled
 def _smoothed_at(
     image: NDArray[np.float32],
     no_signal: NDArray[np.bool_],
     kernel: NDArray[np.floating],
     ys: NDArray[np.intp],
     xs: NDArray[np.intp],
-) -> NDArray[np.float64]:
+) -> NDArray[np.float64]:  # pragma: no cover - compiled
     """Return ``image`` (0 on ``no_signal``) convolved with ``kernel`` at ``(ys, xs)``.
 
     The same as the matched filter's smoothed image ("same" size, zero outside
-    the image), summed at a few pixels only, by chunks of pixels.
+    the image), summed at a few pixels only: each pixel's products in float64,
+    kernel row by row, summed in NumPy's pairwise order (as ``np.sum`` of them).
     """
     ny, nx = image.shape
     kh, kw = kernel.shape
-    # Convolution: the pixel at offset (a, b) of the kernel weighs image[y + h - a, x + h - b].
-    dy = (kh // 2 - np.arange(kh))[None, :, None]
-    dx = (kw // 2 - np.arange(kw))[None, None, :]
-    weights = np.asarray(kernel, dtype=np.float64)[None]
     out = np.zeros(len(ys))
-    for start in range(0, len(ys), 1024):
-        y = ys[start : start + 1024, None, None] + dy
-        x = xs[start : start + 1024, None, None] + dx
-        inside = (y >= 0) & (y < ny) & (x >= 0) & (x < nx)
-        y, x = np.clip(y, 0, ny - 1), np.clip(x, 0, nx - 1)
-        value = np.where(inside & ~no_signal[y, x], image[y, x].astype(np.float64), 0.0)
-        out[start : start + 1024] = np.sum(value * weights, axis=(1, 2))
+    terms = np.empty(kh * kw)
+    for i in range(len(ys)):
+        m = 0
+        # Convolution: the pixel at offset (a, b) of the kernel weighs image[y + h - a, x + h - b].
+        for a in range(kh):
+            y = ys[i] + kh // 2 - a
+            for b in range(kw):
+                x = xs[i] + kw // 2 - b
+                value = 0.0
+                if 0 <= y < ny and 0 <= x < nx and not no_signal[y, x]:
+                    value = float(image[y, x])
+                terms[m] = value * kernel[a, b]
+                m += 1
+        out[i] = _pairwise_sum(terms, m)
     return out
+
+
+@_compiled
+def _pairwise_sum(values: NDArray[np.float64], n: int) -> float:  # pragma: no cover - compiled
+    """Sum ``values[:n]`` as ``np.sum`` does: halves (multiples of 8) down to blocks of 128.
+
+    Without recursion (numba's cache cannot hold recursive functions): the halves
+    are kept on a stack and added as NumPy's recursion adds them.
+    """
+    seg_start = np.empty(64, dtype=np.int64)
+    seg_n = np.empty(64, dtype=np.int64)
+    seg_split = np.zeros(64, dtype=np.bool_)
+    sums = np.empty(64)
+    seg_start[0], seg_n[0] = 0, n
+    top, n_sums = 1, 0
+    while top > 0:
+        top -= 1
+        start, m = seg_start[top], seg_n[top]
+        if m <= 128:
+            sums[n_sums] = _block_sum(values[start:], m)
+            n_sums += 1
+        elif seg_split[top]:  # both halves summed: add them
+            n_sums -= 1
+            sums[n_sums - 1] = sums[n_sums - 1] + sums[n_sums]
+        else:
+            half = m // 2
+            half -= half % 8
+            seg_split[top] = True
+            top += 1
+            seg_start[top], seg_n[top], seg_split[top] = start + half, m - half, False
+            top += 1
+            seg_start[top], seg_n[top], seg_split[top] = start, half, False
+            top += 1
+    return sums[0]

@@ -250,3 +250,34 @@ def test_centroid_iterations_match_the_numpy_loop() -> None:
     np.testing.assert_allclose(got_x, cx, rtol=1e-13, atol=1e-12)
     np.testing.assert_allclose(got_y, cy, rtol=1e-13, atol=1e-12)
     np.testing.assert_array_equal(got_x[::7], start[::7, 0] + 0.5)
+
+
+def test_pairwise_sum_rounds_as_numpy_sums() -> None:
+    from stacklab.toolkit._matched_filter import _pairwise_sum
+
+    rng = np.random.default_rng(5)
+    for n in (*range(300), 1000, 4099, 70001):
+        values = rng.random(n) * np.exp(rng.normal(0.0, 8.0, n))
+        assert _pairwise_sum(values, n) == np.sum(values)
+
+
+@pytest.mark.parametrize("size", [5, 13, 17])
+def test_smoothed_at_is_the_numpy_window_sum(size: int) -> None:
+    from stacklab.toolkit._matched_filter import _smoothed_at
+
+    rng = np.random.default_rng(size)
+    image = (rng.normal(0.0, 10.0, (60, 80)) ** 3).astype(np.float32)
+    no_signal = rng.random(image.shape) < 0.05
+    image[no_signal & (rng.random(image.shape) < 0.3)] = np.nan
+    kernel = rng.random((size, size))
+    ys, xs = rng.integers(0, 60, 500), rng.integers(0, 80, 500)
+    # The window of every pixel, zero outside the image and on no_signal, summed by NumPy.
+    h = size // 2
+    dy = (h - np.arange(size))[None, :, None]
+    dx = (h - np.arange(size))[None, None, :]
+    y, x = ys[:, None, None] + dy, xs[:, None, None] + dx
+    inside = (y >= 0) & (y < 60) & (x >= 0) & (x < 80)
+    y, x = np.clip(y, 0, 59), np.clip(x, 0, 79)
+    value = np.where(inside & ~no_signal[y, x], image[y, x].astype(np.float64), 0.0)
+    want = np.sum(value * kernel[None], axis=(1, 2))
+    np.testing.assert_array_equal(_smoothed_at(image, no_signal, kernel, ys, xs), want)
