@@ -416,6 +416,42 @@ def _centroid_iterations(
 
 
 @_compiled
+def _nearest_centres(
+    pixels: NDArray[np.int64], nx: int, centres: NDArray[np.float64], k: int
+) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.bool_]]:  # pragma: no cover
+    """Return the ``k`` centres ``(x, y)`` nearest each flat stamp pixel, nearest first.
+
+    Returns their distances and indices (as ``cKDTree.query`` with ``k``), and whether
+    a centre left out is exactly as near as the ``k``-th: which of those a k-d tree
+    returns depends on its traversal, so the caller asks it for those pixels.
+    """
+    n = len(centres)
+    dist = np.empty((len(pixels), k))
+    near = np.empty((len(pixels), k), dtype=np.int64)
+    tied = np.zeros(len(pixels), dtype=np.bool_)
+    distance2 = np.empty(n)
+    taken = np.empty(n, dtype=np.bool_)
+    for i in range(len(pixels)):
+        y, x = pixels[i] // nx, pixels[i] % nx
+        for j in range(n):
+            dx, dy = x - centres[j, 0], y - centres[j, 1]
+            distance2[j] = dx * dx + dy * dy
+            taken[j] = False
+        for r in range(k):
+            best = -1
+            for j in range(n):
+                if not taken[j] and (best < 0 or distance2[j] < distance2[best]):
+                    best = j
+            taken[best] = True
+            near[i, r] = best
+            dist[i, r] = np.sqrt(distance2[best])
+        for j in range(n):
+            if not taken[j] and distance2[j] == distance2[near[i, k - 1]]:
+                tied[i] = True
+    return dist, near, tied
+
+
+@_compiled
 def _crowded(centre2: NDArray[np.int64]) -> NDArray[np.bool_]:  # pragma: no cover - compiled
     """Centres (twice, on the half-pixel grid) within one pixel of another centre."""
     n = len(centre2)

@@ -43,6 +43,7 @@ from ._deblend_kernels import (
     _crowded,
     _footprint_stamp,
     _monotonic_inplace,
+    _nearest_centres,
     _normalised_weights,
     _template_pixels,
     _window_start,
@@ -456,9 +457,13 @@ def _share(
     w = np.zeros((len(stray_idx), k_near))
     near = np.zeros((len(stray_idx), k_near), dtype=np.int64)
     if len(stray_idx):
-        sy, sx = np.divmod(stray_idx, nx)
-        dist, near = cKDTree(centres).query(np.column_stack([sx, sy]), k=k_near)
-        dist, near = dist.reshape(len(sy), k_near), near.reshape(len(sy), k_near)
+        dist, near, tied = _nearest_centres(stray_idx, nx, centres, k_near)
+        if tied.any():  # the k-d tree's choice among equally near centres
+            rows = np.flatnonzero(tied)
+            sy, sx = np.divmod(stray_idx[rows], nx)
+            tree_dist, tree_near = cKDTree(centres).query(np.column_stack([sx, sy]), k=k_near)
+            dist[rows] = tree_dist.reshape(len(rows), k_near)
+            near[rows] = tree_near.reshape(len(rows), k_near)
         w = 1.0 / (1.0 + dist**2)
         w /= w.sum(axis=1, keepdims=True)
     boxes, offsets, buffer = _children(

@@ -281,3 +281,29 @@ def test_smoothed_at_is_the_numpy_window_sum(size: int) -> None:
     value = np.where(inside & ~no_signal[y, x], image[y, x].astype(np.float64), 0.0)
     want = np.sum(value * kernel[None], axis=(1, 2))
     np.testing.assert_array_equal(_smoothed_at(image, no_signal, kernel, ys, xs), want)
+
+
+def test_nearest_centres_match_the_kd_tree_where_untied() -> None:
+    from scipy.spatial import cKDTree
+
+    from stacklab.toolkit._deblend_kernels import _nearest_centres
+
+    rng = np.random.default_rng(6)
+    n_tied = 0
+    for _ in range(300):
+        n = int(rng.integers(1, 12))
+        k = min(n, int(rng.choice([1, 4])))
+        nx, ny = (int(v) for v in rng.integers(5, 60, 2))
+        centres = rng.integers(0, 2 * nx, (n, 2)) / 2.0  # the half-pixel grid
+        pixels = np.sort(rng.choice(nx * ny, size=min(200, nx * ny), replace=False))
+        dist, near, tied = _nearest_centres(pixels.astype(np.int64), nx, centres, k)
+        y, x = np.divmod(pixels, nx)
+        tree_dist, tree_near = cKDTree(centres).query(np.column_stack([x, y]), k=k)
+        tree_dist, tree_near = tree_dist.reshape(-1, k), tree_near.reshape(-1, k)
+        n_tied += int(tied.sum())
+        # Where no left-out centre ties the k-th, the same centres at the same distances
+        # (in the tree's order up to equal distances, which get equal stray weights).
+        np.testing.assert_array_equal(dist[~tied], tree_dist[~tied])
+        np.testing.assert_array_equal(np.sort(near[~tied]), np.sort(tree_near[~tied]))
+        assert np.all(tree_dist[tied, -1] == dist[tied, -1])
+    assert n_tied > 0
