@@ -38,8 +38,10 @@ def _monotonic_inplace(template: NDArray[np.float64]) -> None:  # pragma: no cov
     Rings of constant Chebyshev distance from the middle of the array, innermost
     first (the middle itself left out); each pixel of a ring is limited by the pixel
     one ring closer along the ray from the centre, the offset rounded symmetrically
-    about the centre (ties away from it). A ring's new values are all computed
-    before any is stored.
+    about the centre (ties away from it), so that a point-symmetric template stays
+    symmetric. A ring's new values are all computed before any is stored. This
+    removes neighbours that the symmetry test alone lets through (a star whose
+    mirror image through the peak happens to hold another star).
     """
     ny, nx = template.shape
     if ny == 0 or nx == 0:

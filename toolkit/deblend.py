@@ -42,11 +42,9 @@ from ._deblend_kernels import (
     _children,
     _crowded,
     _footprint_stamp,
-    _monotonic_inplace,
     _nearest_centres,
     _normalised_weights,
     _template_pixels,
-    _window_start,
 )
 from .detection import Detections
 from .exposure import Exposure
@@ -332,40 +330,6 @@ def _chosen_footprints(footprint_ids: ArrayLike | None, n: int) -> NDArray[np.bo
     chosen = np.zeros(n, dtype=bool)
     chosen[ids.astype(np.intp) - 1] = True
     return chosen
-
-
-def _monotonic(template: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Clip a centred template so that it never rises going out from its centre.
-
-    Each pixel is limited by the pixel one ring closer to the centre along the ray
-    from the centre (rings of constant Chebyshev distance, innermost first); the
-    centre is the middle of the array: a pixel, or a pixel edge or corner. The
-    inward offset is rounded the same way on both sides of the centre (ties away
-    from it), so that a point-symmetric template stays symmetric. This removes
-    neighbours that the symmetry test alone lets through (a star whose mirror image
-    through the peak happens to hold another star).
-    """
-    out = np.array(template, order="C")
-    _monotonic_inplace(out)
-    return out
-
-
-def _template(
-    positive: NDArray[np.float64], cx2: int, cy2: int, radius: int
-) -> tuple[tuple[slice, slice], NDArray[np.float64]]:
-    """Symmetric, monotonic template about ``(cx2 / 2, cy2 / 2)``: its window and values.
-
-    The window holds the pixels within ``radius`` of the centre whose mirror image
-    ``2c - p`` is in ``positive`` too; with the centre on the half-pixel grid that
-    mirror is a pixel, so no interpolation is needed. :func:`_share` builds the same
-    templates with the compiled ``_template_pixels``, which keeps only their pixels
-    above 0.
-    """
-    ny, nx = positive.shape
-    y0, x0 = _window_start(cy2, radius, ny), _window_start(cx2, radius, nx)
-    window = (slice(y0, cy2 - y0 + 1), slice(x0, cx2 - x0 + 1))
-    data = positive[window]
-    return window, _monotonic(np.minimum(data, data[::-1, ::-1]))
 
 
 def _recentred(

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from stacklab.toolkit import Exposure, PsfModel, deblend_sources, detect_sources, measure_sources
-from stacklab.toolkit.deblend import DeblendConfig, _monotonic, _template
+from stacklab.toolkit._deblend_kernels import _monotonic_inplace, _template_pixels, _window_start
+from stacklab.toolkit.deblend import DeblendConfig
 
 
 def _pair(
@@ -63,11 +64,13 @@ def test_template_of_a_symmetric_source_is_the_source_on_the_half_pixel_grid(
     # A centre on a pixel edge mirrors pixels onto pixels: nothing of the source is cut.
     yy, xx = np.mgrid[0:40, 0:40]
     image = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 8.0)
-    window, template = _template(image, int(2 * cx), int(2 * cy), 10)
-    np.testing.assert_allclose(template, image[window], rtol=0, atol=1e-15)
-    # The window is symmetric about the centre.
-    assert window[1].start + window[1].stop - 1 == int(2 * cx)
-    assert window[0].start + window[0].stop - 1 == int(2 * cy)
+    cx2, cy2 = int(2 * cx), int(2 * cy)
+    flat, values = _template_pixels(image, cx2, cy2, 10)
+    # The window is symmetric about the centre: it ends at 2c - start.
+    y0, x0 = _window_start(cy2, 10, 40), _window_start(cx2, 10, 40)
+    rows, cols = np.arange(y0, cy2 - y0 + 1), np.arange(x0, cx2 - x0 + 1)
+    np.testing.assert_array_equal(flat, (rows[:, None] * 40 + cols[None, :]).ravel())
+    np.testing.assert_allclose(values, image.ravel()[flat], rtol=0, atol=1e-15)
 
 
 def test_recentre_iterations_is_validated() -> None:
@@ -83,6 +86,7 @@ def test_monotonic_templates_stay_point_symmetric(ny: int, nx: int) -> None:
     rng = np.random.default_rng(ny * 100 + nx)
     data = rng.random((ny, nx))
     data = np.minimum(data, data[::-1, ::-1])
-    clipped = _monotonic(data)
+    clipped = data.copy()
+    _monotonic_inplace(clipped)
     np.testing.assert_array_equal(clipped, clipped[::-1, ::-1])
     assert np.all(clipped <= data)

@@ -104,6 +104,10 @@ def test_mask_in_place_sets_the_callers_mask(scene) -> None:
     assert np.array_equal(own.plane("DETECTED"), det.labels > 0)
     copied = detect_sources(calexp)
     assert np.array_equal(copied.exposure.mask, own.mask)
+    frozen = calexp.mask.copy()
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only; pass mask_in_place=False"):
+        detect_sources(calexp.replace(mask=frozen), mask_in_place=True)
 
 
 def test_compact_labels_fall_back_to_int32() -> None:
