@@ -474,21 +474,20 @@ def _footprint_stamp(
 ) -> tuple[NDArray[np.bool_], NDArray[np.float32]]:  # pragma: no cover - compiled
     """Return a footprint's pixels on its box and the image there (0 outside it).
 
-    NaN pixels become 0 and infinite ones the largest float32 (as ``np.nan_to_num``).
+    Non-finite pixels become 0: they carry no light to share, and an infinite one
+    (as the largest float32, what ``np.nan_to_num`` makes of it) overflowed the
+    templates' float32 sums into NaN weights for every child.
     ``spans`` are the footprint's rows ``(id, y, x_start, x_stop)``; the box's first
     pixel is ``(x0, y0)``.
     """
     inside = np.zeros((ny, nx), dtype=np.bool_)
     stamp = np.zeros((ny, nx), dtype=image.dtype)
-    largest = np.finfo(image.dtype).max
     for s in range(len(spans)):
         y = spans[s, 1]
         for x in range(spans[s, 2], spans[s, 3]):
             value = image[y, x]
-            if np.isnan(value):
+            if not np.isfinite(value):
                 value = 0.0
-            elif np.isinf(value):
-                value = largest if value > 0 else -largest
             inside[y - y0, x - x0] = True
             stamp[y - y0, x - x0] = value
     return inside, stamp

@@ -90,3 +90,18 @@ def test_monotonic_templates_stay_point_symmetric(ny: int, nx: int) -> None:
     _monotonic_inplace(clipped)
     np.testing.assert_array_equal(clipped, clipped[::-1, ::-1])
     assert np.all(clipped <= data)
+
+
+def test_an_infinite_pixel_in_a_blend_leaves_the_childrens_weights_finite() -> None:
+    yy, xx = np.mgrid[0:48, 0:48]
+    image = 1000.0 * (np.exp(-((xx - 20) ** 2 + (yy - 24) ** 2) / 8.0)
+                      + 0.6 * np.exp(-((xx - 27) ** 2 + (yy - 24) ** 2) / 8.0))  # fmt: skip
+    exposure = Exposure(image, variance=np.ones_like(image))
+    detections = detect_sources(exposure)
+    image = image.copy()
+    image[30, 23] = np.inf  # inside the blend's footprint, not at a peak
+    exposure = exposure.replace(image=image)
+    blends = deblend_sources(exposure, detections)
+    assert int(blends.sources["n_children"].max()) == 2
+    for heavy in blends.heavy_footprints:
+        assert np.all(np.isfinite(heavy.weights))
