@@ -81,35 +81,68 @@ def _dev_table() -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.f
 
 
 _Moments = tuple[float, float, float, float, float]
-# Row, stamp, weights, PSF kernel, centre x, y (stamp px), stamp origin x, y, moments, PSF moments.
-_FitInput = tuple[
-    int,
-    NDArray[np.float64],
-    NDArray[np.float64],
-    NDArray[np.float64],
-    float,
-    float,
-    int,
-    int,
-    _Moments | None,
-    _Moments | None,
-]
+
+
+@dataclass(slots=True, eq=False)
+class _FitSource:
+    """One source's inputs to the batched fits, completed as the measurement step gets them.
+
+    Attributes
+    ----------
+    row : int
+        The source's catalog row.
+    stamp, weights : numpy.ndarray
+        Its image (ADU) and inverse-variance weights (0 on bad pixels), float64.
+    centre_x, centre_y : float
+        Starting position in stamp pixels (the centroid, or the stamp centre).
+    origin_x, origin_y : int
+        Image pixel of the stamp's first pixel.
+    moments : tuple or None
+        Its adaptive moments ``(x, y, ixx, iyy, ixy)``.
+    image_x, image_y : float
+        The centroid in image pixels (where the PSF is drawn and its moments read).
+    peak_x, peak_y : int
+        The stamp's centre in image pixels (where the PSF is drawn if not at the centroid).
+    kernel : numpy.ndarray or None
+        The PSF there, unit sum; None until drawn.
+    psf_moments : tuple or None
+        The PSF's moments there; None until interpolated (or where unknown).
+    """
+
+    row: int
+    stamp: NDArray[np.float64]
+    weights: NDArray[np.float64]
+    centre_x: float
+    centre_y: float
+    origin_x: int
+    origin_y: int
+    moments: _Moments | None
+    image_x: float
+    image_y: float
+    peak_x: int
+    peak_y: int
+    kernel: NDArray[np.float64] | None = None
+    psf_moments: _Moments | None = None
 
 
 def _fit_batch(
-    batch: list[_FitInput],
+    batch: list[_FitSource],
     out: dict[str, NDArray[Any]],
     flags: NDArray[np.int64],
     *,
     fit_models: bool,
 ) -> None:
-    """PSF fluxes, then galaxy models, of a batch of sources; fill ``out`` and ``flags``."""
-    rows = np.array([item[0] for item in batch])
-    stamps = np.array([item[1] for item in batch])
-    weights = np.array([item[2] for item in batch])
-    kernels = np.array([item[3] for item in batch])
-    origin = np.array([(item[6], item[7]) for item in batch], dtype=float)
-    centres = np.array([(item[4], item[5]) for item in batch])
+    """PSF fluxes, then galaxy models, of a batch of sources; fill ``out`` and ``flags``.
+
+    Every source of the batch has its ``kernel`` drawn, all of one size, and stamps of
+    one size.
+    """
+    rows = np.array([item.row for item in batch])
+    stamps = np.array([item.stamp for item in batch])
+    weights = np.array([item.weights for item in batch])
+    kernels = np.array([item.kernel for item in batch])
+    origin = np.array([(item.origin_x, item.origin_y) for item in batch], dtype=float)
+    centres = np.array([(item.centre_x, item.centre_y) for item in batch])
     ksize = kernels.shape[1]
     padded = _padded_size(ksize)
     transform = _padded_transform(kernels, (padded - ksize) // 2)
@@ -136,8 +169,8 @@ def _fit_batch(
         weights,
         _place_all(kernels, size, middle, middle),
         centres,
-        [item[8] for item in batch],
-        [item[9] for item in batch],
+        [item.moments for item in batch],
+        [item.psf_moments for item in batch],
         psf_ft=transform if same_grid else None,
     )
     for k, model in zip(rows, results, strict=True):

@@ -215,11 +215,7 @@ class _AdaptiveMoments:
         ``guess_sigma`` is HSM's first Gaussian sigma (px).
         """
         found = self._find(shape, guess_sigma)
-        if found is None:
-            return None
-        sigma, e1, e2, x, y, _ = found
-        norm = sigma**2 / np.sqrt(max(1.0 - e1 * e1 - e2 * e2, 1e-12))
-        return (x, y, norm * (1.0 + e1), norm * (1.0 - e1), norm * e2)
+        return None if found is None else _second_moments(found)
 
     def shape(
         self, shape: tuple[int, int], guess_sigma: float = 2.0
@@ -317,8 +313,13 @@ def _public_moments(
 ) -> tuple[float, float, float, float, float] | None:
     """``(x, y, ixx, iyy, ixy)`` from the public ``galsim.hsm.FindAdaptiveMom`` (reference)."""
     found = _public_find(stamp, keep)
-    if found is None:
-        return None
+    return None if found is None else _second_moments(found)
+
+
+def _second_moments(
+    found: tuple[float, float, float, float, float, float],
+) -> tuple[float, float, float, float, float]:
+    """``(x, y, ixx, iyy, ixy)`` (px, px²) from HSM's ``(sigma, e1, e2, x, y, amplitude)``."""
     sigma, e1, e2, x, y, _ = found
     norm = sigma**2 / np.sqrt(max(1.0 - e1 * e1 - e2 * e2, 1e-12))
     return (x, y, norm * (1.0 + e1), norm * (1.0 - e1), norm * e2)

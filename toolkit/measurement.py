@@ -42,7 +42,7 @@ from astropy import units as u
 from astropy.table import Column, Table
 from numpy.typing import NDArray
 
-from ._model_fits import _fit_batch, _FitInput
+from ._model_fits import _fit_batch, _FitSource
 from ._moments import _AdaptiveMoments, _psf_stamp, _PsfMomentGrid
 from ._stamps import _source_planes, good_size
 from .deblend import Deblended
@@ -77,39 +77,6 @@ _APERTURE_TRUNCATED = int(SourceFlag.APERTURE_TRUNCATED)
 _PSF_FLUX_FAILED = int(SourceFlag.PSF_FLUX_FAILED)
 _MODEL_FLUX_FAILED = int(SourceFlag.MODEL_FLUX_FAILED)
 _KRON_FAILED = int(SourceFlag.KRON_FAILED)
-# A source measured but for its PSF stamp (None until drawn): row, stamp, weights, PSF
-# stamp, centre x, y (stamp px), stamp origin x, y, moments, centroid x, y and stamp
-# centre x, y (image px).
-_Measured = tuple[
-    int,
-    NDArray[np.float64],
-    NDArray[np.float64],
-    NDArray[np.float64] | None,
-    float,
-    float,
-    int,
-    int,
-    tuple[float, float, float, float, float] | None,
-    float,
-    float,
-    int,
-    int,
-]
-# A source queued for the fits: a _FitInput without the PSF moments, and its centroid
-# in image pixels, where they are interpolated (for the whole batch at once).
-_Queued = tuple[
-    int,
-    NDArray[np.float64],
-    NDArray[np.float64],
-    NDArray[np.float64],
-    float,
-    float,
-    int,
-    int,
-    tuple[float, float, float, float, float] | None,
-    float,
-    float,
-]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -278,7 +245,7 @@ def measure_sources(
     )
     index_of = {int(i): k for k, i in enumerate(src["id"])}
     # PSF and galaxy-model fits wait for a batch of sources with stamps of one size.
-    pending: dict[tuple[int, int], list[_Queued]] = {}
+    pending: dict[tuple[int, int], list[_FitSource]] = {}
     # Plain lists: indexing a Table column per source costs more than the maths.
     peak_xs, peak_ys = src["peak_x"].tolist(), src["peak_y"].tolist()
     if "template_x" in src.colnames:
@@ -291,7 +258,7 @@ def measure_sources(
     skipped = src["deblend_skipped"].tolist()
     moments = _AdaptiveMoments()
     # Sources measured but for their PSF stamp, which queues them for the fits.
-    measured: list[_Measured] = []
+    measured: list[_FitSource] = []
     fixed_psf_size = type(psf) is PsfModel  # a subclass might draw stamps of other sizes
     # Per stamp size: GalSim's stamp and mask buffers and sep's data and variance,
     # refilled for each source, and a mask without bad pixels.
@@ -396,7 +363,13 @@ def measure_sources(
                 continue
             psf_half = kernel.shape[0] // 2
         flags[k] = f
-        measured.append((k, stamp, w, kernel, cx, cy, ox, oy, shape, gx, gy, px0, py0))
+        measured.append(
+            _FitSource(
+                row=k, stamp=stamp, weights=w, centre_x=cx, centre_y=cy, origin_x=ox,
+                origin_y=oy, moments=shape, image_x=gx, image_y=gy, peak_x=px0, peak_y=py0,
+                kernel=kernel,
+            )
+        )  # fmt: skip
         if len(measured) >= _MEASURED_CHUNK:
             _queue_for_fits(measured, psf, psf_grid, pending, out, flags, config)
             measured = []
@@ -474,10 +447,10 @@ def _psf_kernel(
 
 
 def _queue_for_fits(
-    measured: list[_Measured],
+    measured: list[_FitSource],
     psf: Any,
     psf_grid: _PsfMomentGrid,
-    pending: dict[tuple[int, int], list[_Queued]],
+    pending: dict[tuple[int, int], list[_FitSource]],
     out: dict[str, NDArray[Any]],
     flags: NDArray[np.int64],
     config: MeasurementConfig,
@@ -487,35 +460,39 @@ def _queue_for_fits(
     A source whose PSF cannot be drawn gets ``PSF_FLUX_FAILED | MODEL_FLUX_FAILED``.
     Batches of stamps of one size are fitted as soon as they are full.
     """
-    for k, stamp, w, kernel, cx, cy, ox, oy, shape, gx, gy, px0, py0 in measured:
-        if kernel is None:
-            kernel = _psf_kernel(psf, gx, gy, px0, py0)
-        if kernel is None:
-            flags[k] |= _PSF_FLUX_FAILED | _MODEL_FLUX_FAILED
+    for source in measured:
+        if source.kernel is None:
+            source.kernel = _psf_kernel(
+                psf, source.image_x, source.image_y, source.peak_x, source.peak_y
+            )
+        if source.kernel is None:
+            flags[source.row] |= _PSF_FLUX_FAILED | _MODEL_FLUX_FAILED
             continue
-        # The fits weight with w (inverse variance, 0 on bad pixels).
-        key = (stamp.shape[0], kernel.shape[0])
+        key = (source.stamp.shape[0], source.kernel.shape[0])
         batch = pending.setdefault(key, [])
-        batch.append((k, stamp, w, kernel, cx, cy, ox, oy, shape, gx, gy))
+        batch.append(source)
         if len(batch) >= _FIT_BATCH:
             _fit_queued(pending.pop(key), psf_grid, out, flags, config)
 
 
 def _fit_queued(
-    batch: list[_Queued],
+    batch: list[_FitSource],
     psf_grid: _PsfMomentGrid,
     out: dict[str, NDArray[Any]],
     flags: NDArray[np.int64],
     config: MeasurementConfig,
 ) -> None:
     """Interpolate the PSF moments at a batch of queued sources, then fit them (``_fit_batch``)."""
-    moments = psf_grid.at(np.array([q[9] for q in batch]), np.array([q[10] for q in batch]))
-    fit_inputs: list[_FitInput] = []
-    for (k, stamp, w, kernel, cx, cy, ox, oy, shape, _, _), pm in zip(batch, moments, strict=True):
+    moments = psf_grid.at(
+        np.array([source.image_x for source in batch]),
+        np.array([source.image_y for source in batch]),
+    )
+    for source, pm in zip(batch, moments, strict=True):
+        source.psf_moments = pm
         if pm is not None:
+            k = source.row
             out["psf_ixx"][k], out["psf_iyy"][k], out["psf_ixy"][k] = pm[2:]
-        fit_inputs.append((k, stamp, w, kernel, cx, cy, ox, oy, shape, pm))
-    _fit_batch(fit_inputs, out, flags, fit_models=config.fit_models)
+    _fit_batch(batch, out, flags, fit_models=config.fit_models)
 
 
 def _kron(
