@@ -225,6 +225,7 @@ def _runs(image: NDArray[np.bool_]) -> NDArray[np.int32]:  # pragma: no cover - 
 
 @_compiled
 def _root(parent: NDArray[np.int64], i: int) -> int:  # pragma: no cover - compiled
+    """Root of ``i``'s group in the union-find forest ``parent``, halving the path on the way."""
     while parent[i] != i:
         parent[i] = parent[parent[i]]
         i = parent[i]

@@ -23,6 +23,7 @@ import sep
 from numpy.typing import NDArray
 
 from ._background_mesh import _evaluate, _mesh_from_map
+from ._footprint_spans import _root
 from ._jit import _compiled
 from .errors import ToolkitError
 from .exposure import Exposure
@@ -498,15 +499,6 @@ def _mask_sources(
                 w = widths[abs(dy)]
                 for x in range(max(run_x0[k] - w, 0), min(run_x1[k] + w, nx)):
                     out[yy, x] = True
-
-
-@_compiled
-def _root(parent: NDArray[np.int64], k: int) -> int:  # pragma: no cover - compiled
-    """Root of ``k``'s group, halving the path on the way."""
-    while parent[k] != k:
-        parent[k] = parent[parent[k]]
-        k = parent[k]
-    return k
 
 
 @_compiled
