@@ -13,6 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numba
+import numpy as np
+from numpy.typing import NDArray
 
 __all__: list[str] = []
 
@@ -39,3 +41,11 @@ def _compiled(function: Callable[..., Any]) -> Any:
             function.__name__, err,
         )  # fmt: skip
         return numba.njit(**options)(function)
+
+
+@_compiled
+def _enlarged(array: NDArray[np.int64], capacity: int) -> NDArray[np.int64]:  # pragma: no cover
+    """``array`` copied into a new array of ``capacity`` elements (a list growing in a kernel)."""
+    out = np.empty(capacity, dtype=array.dtype)
+    out[: len(array)] = array
+    return out

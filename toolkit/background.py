@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from ._background_mesh import _evaluate, _mesh_from_map
 from ._footprint_spans import _root
-from ._jit import _compiled
+from ._jit import _compiled, _enlarged
 from .errors import ToolkitError
 from .exposure import Exposure
 
@@ -464,10 +464,10 @@ def _mask_sources(
                 start = -1
         if n_runs + n_row > capacity:
             capacity = max(2 * capacity, n_runs + n_row)
-            run_y = _grown(run_y, capacity)
-            run_x0 = _grown(run_x0, capacity)
-            run_x1 = _grown(run_x1, capacity)
-            parent = _grown(parent, capacity)
+            run_y = _enlarged(run_y, capacity)
+            run_x0 = _enlarged(run_x0, capacity)
+            run_x1 = _enlarged(run_x1, capacity)
+            parent = _enlarged(parent, capacity)
         current_start = n_runs
         for k in range(n_row):
             run_y[n_runs], run_x0[n_runs], run_x1[n_runs] = y, row_x0[k], row_x1[k]
@@ -499,11 +499,3 @@ def _mask_sources(
                 w = widths[abs(dy)]
                 for x in range(max(run_x0[k] - w, 0), min(run_x1[k] + w, nx)):
                     out[yy, x] = True
-
-
-@_compiled
-def _grown(array: NDArray[np.int64], capacity: int) -> NDArray[np.int64]:  # pragma: no cover
-    """``array`` copied into a new array of ``capacity`` elements."""
-    out = np.empty(capacity, dtype=array.dtype)
-    out[: len(array)] = array
-    return out

@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
-from ._jit import _compiled
+from ._jit import _compiled, _enlarged
 from .exposure import Exposure
 from .mask import _bits_set
 
@@ -397,9 +397,7 @@ def _sharp_kernel(
             if hit:
                 if n_found == capacity:
                     capacity *= 2
-                    grown = np.empty(capacity, dtype=np.int64)
-                    grown[:n_found] = found[:n_found]
-                    found = grown
+                    found = _enlarged(found, capacity)
                 found[n_found] = y * nx + x
                 n_found += 1
     return found[:n_found].copy()
