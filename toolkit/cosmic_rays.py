@@ -29,9 +29,9 @@ from typing import Any
 import astroscrappy
 import numpy as np
 from numpy.typing import NDArray
-from scipy import ndimage, sparse
-from scipy.sparse import csgraph
+from scipy import ndimage
 
+from ._footprint_spans import _connect_runs
 from ._jit import _compiled, _enlarged
 from .exposure import Exposure
 from .mask import _bits_set
@@ -467,29 +467,20 @@ def _grown(hits: NDArray[np.int64], shape: tuple[int, int], grow_px: int) -> NDA
 
 
 def _count_groups(flat: NDArray[np.int64], shape: tuple[int, int]) -> int:
-    """Count the 8-connected groups among the pixels of sorted flat indices ``flat``."""
+    """Count the 8-connected groups among the pixels of sorted flat indices ``flat``.
+
+    The pixels are cut into runs along x (raster order, as the indices are sorted)
+    and joined as detection joins its footprints' runs.
+    """
     if len(flat) == 0:
         return 0
-    ny, nx = shape
-    if _dense(len(flat), shape):
-        image = np.zeros(ny * nx, dtype=bool)
-        image[flat] = True
-        return int(ndimage.label(image.reshape(ny, nx), np.ones((3, 3), dtype=bool))[1])
-    x = flat % nx
-    # Each pixel's earlier neighbours (left, and the three above), joined pairwise.
-    pairs = []
-    for step, dx in ((1, -1), (nx + 1, -1), (nx, 0), (nx - 1, 1)):
-        target = flat - step
-        where = np.searchsorted(flat, target)
-        where = np.minimum(where, len(flat) - 1)
-        ok = (flat[where] == target) & (x + dx >= 0) & (x + dx < nx)
-        pairs.append(np.column_stack([np.nonzero(ok)[0], where[ok]]))
-    edges = np.concatenate(pairs)
-    graph = sparse.coo_matrix(
-        (np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])),
-        shape=(len(flat), len(flat)),
-    )
-    return int(csgraph.connected_components(graph, directed=False)[0])
+    nx = shape[1]
+    y, x = flat // nx, flat % nx
+    starts = np.flatnonzero(np.r_[True, (np.diff(flat) != 1) | (y[1:] != y[:-1])])
+    last = np.r_[starts[1:], len(flat)] - 1
+    runs = np.zeros((len(starts), 4), dtype=np.int32)
+    runs[:, 1], runs[:, 2], runs[:, 3] = y[starts], x[starts], x[last] + 1
+    return int(_connect_runs(runs)[1])
 
 
 def _interpolate(
