@@ -50,8 +50,8 @@ def _footprint_stats(
 
     ``spans`` are sorted by footprint, y and x. The flux is the float64 sum of the
     image (NaN as 0, inf as the largest float32) in raster order, summed within each
-    strip of ``block_rows`` rows and then over the strips, as the strip-wise
-    ``bincount`` it replaces summed.
+    strip of ``block_rows`` rows and then over the strips: the order footprint fluxes
+    have always been summed in, so that they stay the same to the bit.
     """
     boxes = np.zeros((n, 4), dtype=np.int64)
     n_pixels = np.zeros(n, dtype=np.int64)
