@@ -127,14 +127,7 @@ def test_model_fluxes_match_double_precision_oracle(
     monkeypatch.setattr(fits, "_SCAN_TOLERANCE", tolerance)
     rng = np.random.default_rng(11)
     stamps, weights, kernels, centres, shapes, psf_shapes = _random_batch(rng)
-    size = stamps.shape[1]
-    middle = np.full(len(stamps), float(size // 2))
-    psf_stamps = psf_flux_fits._place_all(kernels, size, middle, middle)
-    got = np.array(fits._model_fluxes(stamps, weights, psf_stamps, centres, shapes, psf_shapes))
-    expected = _model_fluxes_oracle(stamps, weights, psf_stamps, centres, shapes, psf_shapes)
-    # flux, flux_err, flux_exp to double-precision rounding; frac_dev absolutely.
-    np.testing.assert_allclose(got[:, [0, 1, 3]], expected[:, [0, 1, 3]], rtol=1e-9)
-    np.testing.assert_allclose(got[:, 2], expected[:, 2], atol=1e-8)
+    _assert_model_fluxes_match_the_oracle(stamps, weights, kernels, centres, shapes, psf_shapes)
 
 
 @pytest.mark.parametrize("seed", [21, 25, 34])
@@ -146,11 +139,16 @@ def test_size_search_picks_the_full_scans_size(seed: int) -> None:
     stamps, weights, kernels, centres, shapes, psf_shapes = _random_batch(
         rng, n=40, fluxes=(150.0, 5e4), neighbours=0.3
     )
+    _assert_model_fluxes_match_the_oracle(stamps, weights, kernels, centres, shapes, psf_shapes)
+
+
+def _assert_model_fluxes_match_the_oracle(stamps, weights, kernels, centres, shapes, psf_shapes):
     size = stamps.shape[1]
     middle = np.full(len(stamps), float(size // 2))
     psf_stamps = psf_flux_fits._place_all(kernels, size, middle, middle)
     got = np.array(fits._model_fluxes(stamps, weights, psf_stamps, centres, shapes, psf_shapes))
     expected = _model_fluxes_oracle(stamps, weights, psf_stamps, centres, shapes, psf_shapes)
+    # flux, flux_err, flux_exp to double-precision rounding; frac_dev absolutely.
     np.testing.assert_allclose(got[:, [0, 1, 3]], expected[:, [0, 1, 3]], rtol=1e-9)
     np.testing.assert_allclose(got[:, 2], expected[:, 2], atol=1e-8)
 
