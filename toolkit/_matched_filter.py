@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 # copies stay a small fraction of the image (128 rows measured faster than 512: the
 # strip stays in cache), and strips are long next to the kernel.
 _BLOCK_ROWS = 128
+# A kernel whose rank-one remainder is at most this fraction of its largest value is
+# applied as two one-dimensional passes (float32's rounding is 6e-8).
+_SEPARABLE_TOLERANCE = 1e-9
 
 
 def _psf_position(exposure: Exposure) -> tuple[float, float]:
@@ -106,7 +109,14 @@ def _matched_filter(
     the float32 result. ``data`` counts as 0 where ``zero_data`` is set, and
     ``var`` as ``value`` where the mask of ``fill_var = (mask, value)`` is set:
     strip by strip, so the caller needs no cleaned full-size copies.
+
+    A separable kernel (a Gaussian, as detection's first pass uses) is applied as
+    two one-dimensional passes instead (:func:`_separable_matched_filter`): the same
+    result to float32 rounding, in about a third of the time.
     """
+    factors = _separable_factors(kernel)
+    if factors is not None:
+        return _separable_matched_filter(data, var, *factors, zero_data, fill_var)
     ny, nx = data.shape
     kh, kw = kernel.shape
     hy, hx = kh // 2, kw // 2
@@ -147,6 +157,158 @@ def _matched_filter(
         # around in the circular transform and are not kept (nor columns below 2hx).
         _signal_to_noise(*smoothed_noise, 2 * hy, 2 * hx, out[y0:y1])
     return out
+
+
+def _separable_factors(
+    kernel: NDArray[np.floating],
+) -> tuple[NDArray[np.float32], NDArray[np.float32]] | None:
+    """Column and row factors ``(c, r)`` with ``kernel = outer(c, r)``, or None if it is not so.
+
+    Separable means within float32 rounding: the rank-one remainder is at most
+    ``_SEPARABLE_TOLERANCE`` of the largest kernel value (a sampled Gaussian's is
+    ~1e-16). Both factors are taken positive-sum.
+    """
+    k = np.asarray(kernel, dtype=np.float64)
+    if k.ndim != 2 or min(k.shape) < 2 or not np.all(np.isfinite(k)):
+        return None
+    u, s, vt = np.linalg.svd(k)
+    column, row = u[:, 0] * np.sqrt(s[0]), vt[0] * np.sqrt(s[0])
+    if column.sum() < 0:
+        column, row = -column, -row
+    scale = float(np.max(np.abs(k)))
+    if not scale > 0 or np.max(np.abs(k - np.outer(column, row))) > _SEPARABLE_TOLERANCE * scale:
+        return None
+    return column.astype(np.float32), row.astype(np.float32)
+
+
+def _separable_matched_filter(
+    data: NDArray[np.floating],
+    var: NDArray[np.floating],
+    column: NDArray[np.float32],
+    row: NDArray[np.float32],
+    zero_data: NDArray[np.bool_] | None,
+    fill_var: tuple[NDArray[np.bool_], float] | None,
+) -> NDArray[np.float32]:
+    """`_matched_filter` of the kernel ``outer(column, row)``: a column pass, then a row pass.
+
+    ``K²`` is ``outer(column², row²)``, so the noise image is separable too.
+    """
+    empty = np.zeros((0, 0), dtype=bool)
+    fill_mask, fill_value = (empty, 0.0) if fill_var is None else fill_var
+    out = np.empty(data.shape, dtype=np.float32)
+    _separable_signal_to_noise(
+        data, var, column, row, column * column, row * row,
+        empty if zero_data is None else zero_data, fill_mask, np.float32(fill_value), out,
+    )  # fmt: skip
+    return out
+
+
+@_compiled
+def _separable_signal_to_noise(
+    data: NDArray[np.floating],
+    var: NDArray[np.floating],
+    column: NDArray[np.float32],
+    row: NDArray[np.float32],
+    column2: NDArray[np.float32],
+    row2: NDArray[np.float32],
+    zero_data: NDArray[np.bool_],
+    fill_mask: NDArray[np.bool_],
+    fill_value: np.float32,
+    out: NDArray[np.float32],
+) -> None:  # pragma: no cover - compiled
+    """``out = (data * K) / sqrt(var * K²)`` for ``K = outer(column, row)``, row by row.
+
+    Convolutions ("same" size, zero outside the image) summed in float32, as the
+    FFT path computes them. The ``kh`` input rows an output row needs are kept,
+    cleaned (``zero_data`` sets data to 0 and ``fill_mask`` var to ``fill_value``;
+    empty arrays: none), in a ring of rows; the column pass sums them into a
+    zero-padded row and the row pass sums along it. Every inner loop runs over
+    contiguous rows without branches, so that numba vectorises it.
+    """
+    ny, nx = data.shape
+    kh, kw = len(column), len(row)
+    hy, hx = kh // 2, kw // 2
+    use_zero = zero_data.shape[0] > 0
+    use_fill = fill_mask.shape[0] > 0
+    zero32 = np.float32(0.0)
+    tiny = np.float32(1e-30)
+    ring_data = np.zeros((kh, nx), dtype=np.float32)
+    ring_var = np.zeros((kh, nx), dtype=np.float32)
+    padded_data = np.zeros(nx + 2 * hx, dtype=np.float32)
+    padded_var = np.zeros(nx + 2 * hx, dtype=np.float32)
+    smoothed = np.empty(nx, dtype=np.float32)
+    noise2 = np.empty(nx, dtype=np.float32)
+    # Input row yy lives in ring slot yy % kh; rows outside the image are zeros.
+    for yy in range(min(hy, ny)):
+        _clean_row(data, var, zero_data, fill_mask, fill_value, use_zero, use_fill, yy,
+                   ring_data[yy % kh], ring_var[yy % kh])  # fmt: skip
+    for y in range(ny):
+        new = y + hy
+        if new < ny:
+            _clean_row(data, var, zero_data, fill_mask, fill_value, use_zero, use_fill, new,
+                       ring_data[new % kh], ring_var[new % kh])  # fmt: skip
+        # Loops read and write slices, not offset indices: numba vectorises those
+        # (offset reads ran 6x slower).
+        inner_data, inner_var = padded_data[hx : hx + nx], padded_var[hx : hx + nx]
+        inner_data[:] = zero32
+        inner_var[:] = zero32
+        # Convolution: column[a] weighs the input row y + hy - a.
+        for a in range(kh):
+            yy = y + hy - a
+            if yy < 0 or yy >= ny:
+                continue
+            ca, ca2 = column[a], column2[a]
+            d_row, v_row = ring_data[yy % kh], ring_var[yy % kh]
+            for x in range(nx):
+                inner_data[x] += ca * d_row[x]
+            for x in range(nx):
+                inner_var[x] += ca2 * v_row[x]
+        smoothed[:] = zero32
+        noise2[:] = zero32
+        # row[b] weighs the column sum at x + hx - b: padded index x + 2 hx - b.
+        for b in range(kw):
+            rb, rb2, shift = row[b], row2[b], 2 * hx - b
+            d_shifted, v_shifted = padded_data[shift : shift + nx], padded_var[shift : shift + nx]
+            for x in range(nx):
+                smoothed[x] += rb * d_shifted[x]
+            for x in range(nx):
+                noise2[x] += rb2 * v_shifted[x]
+        out_row = out[y]
+        for x in range(nx):
+            n2 = noise2[x]
+            if n2 < tiny:
+                n2 = tiny
+            out_row[x] = smoothed[x] / np.sqrt(n2)
+
+
+@_compiled
+def _clean_row(
+    data: NDArray[np.floating],
+    var: NDArray[np.floating],
+    zero_data: NDArray[np.bool_],
+    fill_mask: NDArray[np.bool_],
+    fill_value: np.float32,
+    use_zero: bool,
+    use_fill: bool,
+    y: int,
+    data_out: NDArray[np.float32],
+    var_out: NDArray[np.float32],
+) -> None:  # pragma: no cover - compiled
+    """Row ``y`` in float32: data 0 where ``zero_data``, var ``fill_value`` where ``fill_mask``."""
+    nx = data.shape[1]
+    zero32 = np.float32(0.0)
+    for x in range(nx):
+        data_out[x] = np.float32(data[y, x])
+    for x in range(nx):
+        var_out[x] = np.float32(var[y, x])
+    if use_zero:
+        for x in range(nx):
+            if zero_data[y, x]:
+                data_out[x] = zero32
+    if use_fill:
+        for x in range(nx):
+            if fill_mask[y, x]:
+                var_out[x] = fill_value
 
 
 @_compiled

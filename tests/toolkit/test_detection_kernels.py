@@ -307,3 +307,64 @@ def test_nearest_centres_match_the_kd_tree_where_untied() -> None:
         np.testing.assert_array_equal(np.sort(near[~tied]), np.sort(tree_near[~tied]))
         assert np.all(tree_dist[tied, -1] == dist[tied, -1])
     assert n_tied > 0
+
+
+def _gaussian_kernel(sigma: float, half: int) -> np.ndarray:
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
+    kernel = np.exp(-0.5 * (xx * xx + yy * yy) / sigma**2)
+    return kernel / kernel.sum()
+
+
+def _reference_significance(data, var, kernel, zero_data, fill_var):
+    """``(data * K) / sqrt(var * K²)`` in float64 by ndimage (zero outside the image)."""
+    data = np.where(zero_data, 0.0, data.astype(np.float64))
+    var = np.where(fill_var[0], fill_var[1], var.astype(np.float64))
+    smoothed = ndimage.convolve(data, kernel, mode="constant")
+    noise2 = ndimage.convolve(var, kernel * kernel, mode="constant")
+    return smoothed / np.sqrt(np.maximum(noise2, 1e-30))
+
+
+@pytest.mark.parametrize("shape", [(150, 230), (5, 7), (1, 40)])
+def test_separable_matched_filter_is_the_convolution(shape, monkeypatch) -> None:
+    from stacklab.toolkit import _matched_filter as mf
+
+    rng = np.random.default_rng(shape[0])
+    var = (50.0 + 30.0 * rng.random(shape)).astype(np.float32)
+    data = rng.normal(0.0, np.sqrt(var)).astype(np.float32)
+    data[rng.random(shape) < 0.01] += 5e4  # bright pixels: FFT rounding spreads from them
+    zero_data = rng.random(shape) < 0.03
+    data[zero_data & (rng.random(shape) < 0.5)] = np.nan  # zeroed pixels may be NaN
+    fill_var = (rng.random(shape) < 0.03, 60.0)
+    # Off-centre and of different widths along x and y (separable, not symmetric), so
+    # that a flipped or transposed pass shows.
+    column = np.exp(-0.5 * ((np.arange(13) - 6.8) / 1.3) ** 2)
+    row = np.exp(-0.5 * ((np.arange(11) - 4.6) / 1.9) ** 2)
+    kernel = np.outer(column, row) / (column.sum() * row.sum())
+    assert mf._separable_factors(kernel) is not None
+    want = _reference_significance(data, var, kernel, zero_data, fill_var)
+    got = mf._matched_filter(data, var, kernel, zero_data=zero_data, fill_var=fill_var)
+    assert got.dtype == np.float32 and got.shape == shape
+    scale = np.maximum(np.abs(want), 1.0)
+    # Direct float32 sums: a few float32 roundings of each pixel's own terms.
+    assert np.max(np.abs(got - want) / scale) < 2e-6
+    # The FFT path (forced) gives the same image to its own, larger, rounding.
+    monkeypatch.setattr(mf, "_separable_factors", lambda kernel: None)
+    fft_path = mf._matched_filter(data, var, kernel, zero_data=zero_data, fill_var=fill_var)
+    assert np.max(np.abs(fft_path - want) / scale) < 1e-3
+    np.testing.assert_allclose(got, fft_path, rtol=0, atol=1e-3 * float(scale.max()))
+
+
+def test_separable_factors_only_for_rank_one_kernels() -> None:
+    from stacklab.toolkit._matched_filter import _separable_factors
+
+    gaussian = _gaussian_kernel(2.0, 8)
+    column, row = _separable_factors(gaussian)
+    assert column.dtype == np.float32 and column.sum() > 0 and row.sum() > 0
+    np.testing.assert_allclose(np.outer(column, row), gaussian, rtol=0, atol=1e-7 * gaussian.max())
+    yy, xx = np.mgrid[-8:9, -8:9]
+    sheared = np.exp(-0.5 * (xx * xx + 0.6 * xx * yy + yy * yy) / 4.0)
+    assert _separable_factors(sheared / sheared.sum()) is None
+    noise = 1e-6 * np.random.default_rng(1).random(gaussian.shape)
+    assert _separable_factors(gaussian + noise) is None
+    assert _separable_factors(np.zeros((5, 5))) is None
+    assert _separable_factors(np.full((5, 5), np.nan)) is None
