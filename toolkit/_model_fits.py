@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import galsim
@@ -34,6 +35,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import fft as sp_fft
 
+from . import _dev_transform
 from ._model_fit_kernels import (
     _search_round,
     _search_unimodal,
@@ -68,16 +70,45 @@ _COLLINEAR = 1e-12
 
 @functools.lru_cache(maxsize=1)
 def _dev_table() -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """De Vaucouleurs profile's transform on a grid of wavenumbers, tabulated once.
+    """De Vaucouleurs profile's transform on a grid of wavenumbers.
 
-    Returns the angular wavenumbers ``q`` (0, then 600 nodes uniform in ``log q``)
-    of a unit-flux profile of half-light radius 1, its transform there, and the
-    slopes between nodes (``numpy.interp``'s).
+    Returns the angular wavenumbers ``q`` (:func:`_dev_nodes`) of a unit-flux
+    profile of half-light radius 1, its transform there (GalSim's, kept in
+    :mod:`._dev_transform` for the GalSim version that made it, else computed
+    again), and the slopes between nodes (``numpy.interp``'s).
     """
-    profile = galsim.DeVaucouleurs(half_light_radius=1.0)
-    q = np.concatenate([[0.0], np.geomspace(1e-3, 3e3, 600)])
-    values = np.array([profile.kValue(float(k), 0.0).real for k in q])
+    q = _dev_nodes()
+    if galsim.__version__ == _dev_transform.GALSIM_VERSION:
+        values = np.array(_dev_transform.VALUES)
+    else:
+        values = _galsim_dev_values(q)
     return q, values, np.diff(values) / np.diff(q)
+
+
+def _dev_nodes() -> NDArray[np.float64]:
+    """Wavenumbers of the de Vaucouleurs table: 0, then 600 uniform in ``log q`` over 1e-3..3e3."""
+    return np.concatenate([[0.0], np.geomspace(1e-3, 3e3, 600)])
+
+
+def _galsim_dev_values(q: NDArray[np.float64]) -> NDArray[np.float64]:
+    """GalSim's transform of the unit-flux de Vaucouleurs profile (half-light radius 1) at q."""
+    profile = galsim.DeVaucouleurs(half_light_radius=1.0)
+    return np.array([profile.kValue(float(k), 0.0).real for k in q])
+
+
+def _write_dev_transform(path: Path) -> None:
+    """Rewrite the generated :mod:`._dev_transform` with the installed GalSim's values."""
+    values = _galsim_dev_values(_dev_nodes()).tolist()
+    rows = "\n".join(
+        "    " + ", ".join(repr(v) for v in values[i : i + 4]) + ","
+        for i in range(0, len(values), 4)
+    )
+    source = path.read_text()
+    docstring = source[: source.index('"""', 3) + 3]
+    path.write_text(
+        f'{docstring}\n\nGALSIM_VERSION = "{galsim.__version__}"\n\n'
+        f"# fmt: off\nVALUES = (\n{rows}\n)\n# fmt: on\n"
+    )
 
 
 _Moments = tuple[float, float, float, float, float]
@@ -534,3 +565,7 @@ def _combine(
             float(exp[2][i]),
         )
     return out
+
+
+if __name__ == "__main__":
+    _write_dev_transform(Path(_dev_transform.__file__))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import galsim
 import numpy as np
 import pytest
@@ -332,3 +334,34 @@ def test_an_even_sized_psf_stamp_is_placed_and_shifted():
     assert moved.sum() == pytest.approx(1.0, abs=1e-6)
     assert (moved * xx).sum() / moved.sum() == pytest.approx(15.3, abs=1e-3)
     assert (moved * yy).sum() / moved.sum() == pytest.approx(15.0, abs=1e-3)
+
+
+def test_dev_table_is_galsims_transform() -> None:
+    from stacklab.toolkit import _dev_transform
+
+    grid, values, slopes = fits._dev_table()
+    np.testing.assert_array_equal(grid, fits._dev_nodes())
+    # The shipped values where GalSim is the version that made them, else computed:
+    # either way GalSim's own numbers, bit for bit.
+    np.testing.assert_array_equal(values, fits._galsim_dev_values(grid))
+    np.testing.assert_array_equal(slopes, np.diff(values) / np.diff(grid))
+    if galsim.__version__ != _dev_transform.GALSIM_VERSION:
+        pytest.skip(
+            f"_dev_transform was made with GalSim {_dev_transform.GALSIM_VERSION}, this is "
+            f"{galsim.__version__}: rewrite it with python -m stacklab.toolkit._model_fits"
+        )
+    assert len(_dev_transform.VALUES) == len(grid)
+
+
+def test_dev_transform_file_is_rewritten_unchanged(tmp_path) -> None:
+    from stacklab.toolkit import _dev_transform
+
+    copy = tmp_path / "_dev_transform.py"
+    original = Path(_dev_transform.__file__).read_text()
+    copy.write_text(original)
+    fits._write_dev_transform(copy)
+    if galsim.__version__ == _dev_transform.GALSIM_VERSION:
+        assert copy.read_text() == original
+    namespace: dict = {}
+    exec(copy.read_text(), namespace)  # the rewritten module is valid Python
+    np.testing.assert_array_equal(namespace["VALUES"], fits._galsim_dev_values(fits._dev_nodes()))
