@@ -1,9 +1,10 @@
 """Single-frame processing, side by side: stacklab vs SExtractor + PSFEx on one simulated image.
 
-Simulates a 4096x4096 r-band visit (size from ``STACKLAB_BENCH_SIZE``), runs
-``process_frame`` in a one-thread child process and SExtractor (two passes) +
-PSFEx on the same pixels, and prints accuracy against the simulation truth and
-time/memory ratios. Run by ``make bench``; never by the tests.
+Simulates a 4096x4096 r-band visit (size from ``STACKLAB_BENCH_SIZE``; the scene from
+``STACKLAB_BENCH_SEED``, 7 unless set: other seeds draw other stars, galaxies, seeing
+and PSF patterns), runs ``process_frame`` in a one-thread child process and
+SExtractor (two passes) + PSFEx on the same pixels, and prints accuracy against the
+simulation truth and time/memory ratios. Run by ``make bench``; never by the tests.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from stacklab.toolkit import PsfModel, SourceFlag, rho_statistics, write_exposur
 from stacklab.toolkit.simulate import SimulationConfig, make_sky, simulate_visit  # noqa: E402
 
 SIZE = int(os.environ.get("STACKLAB_BENCH_SIZE", "4096"))
+SEED = int(os.environ.get("STACKLAB_BENCH_SEED", "7"))
 SEX = shutil.which("source-extractor") or shutil.which("sex")
 PSFEX = shutil.which("psfex")
 SHARE = Path("/usr/share/source-extractor")
@@ -227,12 +229,12 @@ def main() -> int:
     if SEX is None or PSFEX is None:
         print("source-extractor / psfex not installed; skipping the peer run")
         return 0
-    config = SimulationConfig(size=SIZE, seed=7, bands=("r",), star_density_arcmin2=12.0)
+    config = SimulationConfig(size=SIZE, seed=SEED, bands=("r",), star_density_arcmin2=12.0)
     t0 = time.perf_counter()
     sky = make_sky(config)
     sim = simulate_visit(sky, config, visit=0)
     seeing = sim.conditions.seeing_fwhm_arcsec
-    print(f"simulated {SIZE}x{SIZE} in {time.perf_counter() - t0:.1f} s; "
+    print(f"simulated {SIZE}x{SIZE} (seed {SEED}) in {time.perf_counter() - t0:.1f} s; "
           f"{len(sim.truth)} objects, seeing {seeing:.2f} arcsec")  # fmt: skip
     truth = sim.truth[sim.truth["in_image"]]
     hlr = (
