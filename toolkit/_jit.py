@@ -44,8 +44,11 @@ def _compiled(function: Callable[..., Any]) -> Any:
 
 
 @_compiled
-def _enlarged(array: NDArray[np.int64], capacity: int) -> NDArray[np.int64]:  # pragma: no cover
-    """``array`` copied into a new array of ``capacity`` elements (a list growing in a kernel)."""
+def _enlarged(array: NDArray[Any], capacity: int) -> NDArray[Any]:  # pragma: no cover
+    """``array`` copied into a new array of ``capacity`` elements (a list growing in a kernel).
+
+    Elements past ``len(array)`` are uninitialised; any dtype (one compiled copy each).
+    """
     out = np.empty(capacity, dtype=array.dtype)
     out[: len(array)] = array
     return out

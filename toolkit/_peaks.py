@@ -13,7 +13,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from ._footprint_spans import _grow, _label_compact, _label_spans
-from ._jit import _compiled
+from ._jit import _compiled, _enlarged
 from .exposure import Exposure
 
 _FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
@@ -178,8 +178,8 @@ def _local_maxima_kernel(
             if not peak:
                 continue
             if count == len(found_y):  # grow the lists (amortised doubling)
-                found_y = np.concatenate((found_y, np.empty(count, dtype=np.intp)))
-                found_x = np.concatenate((found_x, np.empty(count, dtype=np.intp)))
+                found_y = _enlarged(found_y, 2 * count)
+                found_x = _enlarged(found_x, 2 * count)
             found_y[count], found_x[count] = y, x
             count += 1
     return found_y[:count].copy(), found_x[:count].copy()

@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ._jit import _compiled
+from ._jit import _compiled, _enlarged
 
 # Peaks farther than this many PSF sigmas from a pixel are not paired with it: their
 # mirror images there are far below the noise (S falls as exp(-r² / 4 sigma²)).
@@ -190,9 +190,9 @@ def _candidates(
             if not excess >= threshold * noise:
                 continue
             if n_out == len(out_y):
-                out_y = np.concatenate((out_y, np.empty(n_out, dtype=np.intp)))
-                out_x = np.concatenate((out_x, np.empty(n_out, dtype=np.intp)))
-                out_z = np.concatenate((out_z, np.empty(n_out, dtype=np.float64)))
+                out_y = _enlarged(out_y, 2 * n_out)
+                out_x = _enlarged(out_x, 2 * n_out)
+                out_z = _enlarged(out_z, 2 * n_out)
             out_y[n_out], out_x[n_out], out_z[n_out] = y, x, excess
             n_out += 1
     return out_y[:n_out], out_x[:n_out], out_z[:n_out]
