@@ -309,6 +309,23 @@ def _weighted_sums(
 
 
 @_compiled
+def _gain(num: float, den: float) -> float:  # pragma: no cover - compiled
+    """Return a template's chi² gain ``(sum W x t)² / sum W t²`` (-inf where ``sum W t² <= 0``)."""
+    if den > 0:
+        return num / den * num
+    return -np.inf
+
+
+@_compiled
+def _rounding_bound(scale: float, best: float, data_sq: float) -> float:  # pragma: no cover
+    """Return the bound on a single-precision gain's rounding near ``best``.
+
+    ``scale * (sqrt(best * sum W x²) + best)`` (see :func:`_search_round`).
+    """
+    return scale * (math.sqrt(max(best, 0.0) * data_sq) + best)
+
+
+@_compiled
 def _search_round(
     den: NDArray[np.float64],
     num: NDArray[np.float64],
@@ -359,15 +376,13 @@ def _search_round(
         best = -np.inf
         k = -1
         for s in range(m):
-            g = -np.inf
-            if drawn[i, s] and den[i, s] > 0:
-                g = num[i, s] / den[i, s] * num[i, s]
+            g = _gain(num[i, s], den[i, s]) if drawn[i, s] else -np.inf
             gain[s] = g
             # numpy.argmax: the first maximum, a NaN counting as the maximum.
             if k < 0 or (not np.isnan(best) and (np.isnan(g) or g > best)):
                 best, k = g, s
         top[i] = k
-        tolerance = tolerance_scale * (math.sqrt(max(best, 0.0) * data_sq[i]) + best)
+        tolerance = _rounding_bound(tolerance_scale, best, data_sq[i])
         close = 0
         for s in range(m):
             if gain[s] >= best - tolerance:
@@ -426,19 +441,14 @@ def _search_unimodal(
     n, m = den.shape
     for i in range(n):
         k = top[i]
-        best = -np.inf
-        if den[i, k] > 0:
-            best = num[i, k] / den[i, k] * num[i, k]
-        tolerance = tolerance_scale * (math.sqrt(max(best, 0.0) * data_sq[i]) + best)
+        tolerance = _rounding_bound(tolerance_scale, _gain(num[i, k], den[i, k]), data_sq[i])
         ordered = True
         previous = 0.0
         have = False
         for s in range(m):
             if not drawn[i, s]:
                 continue
-            g = -np.inf
-            if den[i, s] > 0:
-                g = num[i, s] / den[i, s] * num[i, s]
+            g = _gain(num[i, s], den[i, s])
             if have:
                 rises = g > previous if s <= k else g < previous
                 ordered = ordered and rises
