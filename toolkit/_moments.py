@@ -206,6 +206,19 @@ class _AdaptiveMoments:
         frame = self._frame(shape)
         return frame[0], frame[1]
 
+    def load(
+        self, stamp: NDArray[np.floating], bad: NDArray[np.bool_] | None = None
+    ) -> tuple[int, int]:
+        """Copy ``stamp`` and its good pixels (all, or not ``bad``) into the buffers.
+
+        Returns the stamp's shape, the key :meth:`measure` and :meth:`shape` read it by.
+        """
+        shape = (int(stamp.shape[0]), int(stamp.shape[1]))
+        pixels, keep = self.buffers(shape)
+        pixels[...] = stamp
+        keep[...] = 1 if bad is None else ~bad
+        return shape
+
     def measure(
         self, shape: tuple[int, int], guess_sigma: float = 2.0
     ) -> tuple[float, float, float, float, float] | None:
@@ -367,8 +380,4 @@ def _hsm_moments(
     None where HSM fails (see :class:`_AdaptiveMoments`).
     """
     moments = _AdaptiveMoments()
-    shape = (int(stamp.shape[0]), int(stamp.shape[1]))
-    pixels, keep = moments.buffers(shape)
-    pixels[...] = stamp
-    keep[...] = 1 if bad is None else ~bad
-    return moments.measure(shape)
+    return moments.measure(moments.load(stamp, bad))

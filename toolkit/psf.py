@@ -294,16 +294,12 @@ def fit_psf(
     first, fx, fy = first[keep_first], fx[keep_first], fy[keep_first]
     stamps = stamps[keep_first]
     bad_first = _neighbours(labels, fx, fy, guess_half, footprint_of[first])
-    guess_shape = (2 * guess_half + 1, 2 * guess_half + 1)
-    pixels, keep = hsm.buffers(guess_shape)
     rows = []
     for k, (i, ix, iy) in enumerate(zip(first.tolist(), fx.tolist(), fy.tolist(), strict=True)):
-        pixels[...] = stamps[k]
         bad = bad_first[k]
         if parent_row_of[i] >= 0:
             bad = bad | _siblings(sources, parent_row_of, i, ix, iy, guess_half)
-        np.logical_not(bad, out=keep, casting="unsafe")
-        found = hsm.size(guess_shape)
+        found = hsm.size(hsm.load(stamps[k], bad))
         if found is None:
             continue
         T, cx, cy = found

@@ -218,8 +218,4 @@ def _hsm(
     buffers over many stamps.
     """
     moments = _AdaptiveMoments() if moments is None else moments
-    shape = (int(stamp.shape[0]), int(stamp.shape[1]))
-    pixels, keep = moments.buffers(shape)
-    pixels[...] = stamp
-    keep[...] = 1 if bad is None else ~bad
-    return moments.shape(shape, guess_sigma)
+    return moments.shape(moments.load(stamp, bad), guess_sigma)
