@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from ._jit import _compiled
+from ._jit import _bucket_order, _compiled
 
 __all__: list[str] = []
 
@@ -58,16 +58,7 @@ def _monotonic_inplace(template: NDArray[np.float64]) -> None:  # pragma: no cov
             key[y * nx + x] = k
             max_key = max(max_key, k)
             min_key = min(min_key, k)
-    start = np.zeros(max_key + 2, dtype=np.int64)
-    for i in range(ny * nx):
-        start[key[i] + 1] += 1
-    for k in range(max_key + 1):
-        start[k + 1] += start[k]
-    order = np.empty(ny * nx, dtype=np.int64)
-    fill = start[:-1].copy()
-    for i in range(ny * nx):
-        order[fill[key[i]]] = i
-        fill[key[i]] += 1
+    start, order = _bucket_order(key, max_key + 1)
     flat = template.ravel()
     clipped = np.empty(ny * nx, dtype=template.dtype)
     for k in range(min_key + 1, max_key + 1):
@@ -150,21 +141,12 @@ def _amplitudes_csr(
         for jj in range(indptr[i], indptr[i + 1]):
             numerator[i] += values[jj] * target[indices[jj]]
     # Templates by pixel (the transpose, in CSR form), rows in ascending order.
-    n_pixels = len(target)
-    colptr = np.zeros(n_pixels + 1, dtype=np.int64)
-    for jj in range(len(indices)):
-        colptr[indices[jj] + 1] += 1
-    for p in range(n_pixels):
-        colptr[p + 1] += colptr[p]
-    fill = colptr[:-1].copy()
-    rows = np.empty(len(indices), dtype=np.int64)
-    by_pixel = np.empty(len(indices), dtype=values.dtype)
+    colptr, order = _bucket_order(indices, len(target))
+    row_of = np.empty(len(indices), dtype=np.int64)
     for i in range(n):
-        for jj in range(indptr[i], indptr[i + 1]):
-            p = indices[jj]
-            rows[fill[p]] = i
-            by_pixel[fill[p]] = values[jj]
-            fill[p] += 1
+        row_of[indptr[i] : indptr[i + 1]] = i
+    rows = row_of[order]
+    by_pixel = values[order]
     gram = np.zeros((n, n), dtype=values.dtype)
     for i in range(n):
         for jj in range(indptr[i], indptr[i + 1]):
@@ -234,21 +216,9 @@ def _children(
     n = len(indptr) - 1
     n_stray, k_near = stray_near.shape
     # Stray shares by child, in ascending pixel order.
-    stray_ptr = np.zeros(n + 1, dtype=np.int64)
-    for j in range(n_stray):
-        for m in range(k_near):
-            stray_ptr[stray_near[j, m] + 1] += 1
-    for k in range(n):
-        stray_ptr[k + 1] += stray_ptr[k]
-    fill = stray_ptr[:-1].copy()
-    stray_index = np.empty(n_stray * k_near, dtype=np.int64)
-    stray_value = np.empty(n_stray * k_near)
-    for j in range(n_stray):
-        for m in range(k_near):
-            k = stray_near[j, m]
-            stray_index[fill[k]] = stray_pixel[j]
-            stray_value[fill[k]] = stray_weight[j, m]
-            fill[k] += 1
+    stray_ptr, order = _bucket_order(stray_near.ravel(), n)
+    stray_index = stray_pixel[order // k_near]
+    stray_value = stray_weight.ravel()[order]
     # The merged pixels of every child (template and stray shares, ascending pixels).
     merged_ptr = np.zeros(n + 1, dtype=np.int64)
     merged_index = np.empty(len(indices) + n_stray * k_near, dtype=np.int64)

@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from ._jit import _compiled
+from ._jit import _bucket_order, _compiled
 
 # Rows of a label image read per block: the block's temporaries stay a small
 # fraction of an image.
@@ -279,17 +279,12 @@ def _connect_runs(runs: NDArray[np.int32]) -> tuple[NDArray[np.int32], int]:  # 
         else:
             label[r] = label[root]
     # Stable counting sort by label: raster order within each region.
-    start = np.zeros(n + 2, dtype=np.int64)
-    for r in range(n_runs):
-        start[label[r] + 1] += 1
-    for k in range(n + 1):
-        start[k + 1] += start[k]
+    order = _bucket_order(label, n + 1)[1]
     out = np.empty_like(runs)
-    for r in range(n_runs):
-        at = start[label[r]]
+    for at in range(n_runs):
+        r = order[at]
         out[at, 0] = label[r]
         out[at, 1], out[at, 2], out[at, 3] = runs[r, 1], runs[r, 2], runs[r, 3]
-        start[label[r]] += 1
     return out, n
 
 

@@ -52,3 +52,25 @@ def _enlarged(array: NDArray[Any], capacity: int) -> NDArray[Any]:  # pragma: no
     out = np.empty(capacity, dtype=array.dtype)
     out[: len(array)] = array
     return out
+
+
+@_compiled
+def _bucket_order(
+    keys: NDArray[np.integer], n_buckets: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:  # pragma: no cover - compiled
+    """Stable counting sort of ``keys`` (integers in ``0..n_buckets - 1``).
+
+    Returns ``start`` (``n_buckets + 1``) and ``order``: the indices of bucket ``b``'s
+    keys, in ascending index order, are ``order[start[b]:start[b + 1]]``.
+    """
+    start = np.zeros(n_buckets + 1, dtype=np.int64)
+    for i in range(len(keys)):
+        start[keys[i] + 1] += 1
+    for b in range(n_buckets):
+        start[b + 1] += start[b]
+    order = np.empty(len(keys), dtype=np.int64)
+    fill = start[:-1].copy()
+    for i in range(len(keys)):
+        order[fill[keys[i]]] = i
+        fill[keys[i]] += 1
+    return start, order

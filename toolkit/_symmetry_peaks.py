@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ._jit import _compiled, _enlarged
+from ._jit import _bucket_order, _compiled, _enlarged
 
 # Peaks farther than this many PSF sigmas from a pixel are not paired with it: their
 # mirror images there are far below the noise (S falls as exp(-r² / 4 sigma²)).
@@ -103,19 +103,11 @@ def _candidates(
     n_cy, n_cx = int(ny / cell) + 1, int(nx / cell) + 1
     # Peaks by cell of their centre (index order within a cell).
     cell_of = np.empty(len(cy), dtype=np.int64)
-    first = np.zeros(n_cy * n_cx + 1, dtype=np.int64)
     for j in range(len(cy)):
         gy = min(max(int(cy[j] / cell), 0), n_cy - 1)
         gx = min(max(int(cx[j] / cell), 0), n_cx - 1)
         cell_of[j] = gy * n_cx + gx
-        first[cell_of[j] + 1] += 1
-    for c in range(n_cy * n_cx):
-        first[c + 1] += first[c]
-    members = np.empty(len(cy), dtype=np.int64)
-    filled = first[:-1].copy()
-    for j in range(len(cy)):
-        members[filled[cell_of[j]]] = j
-        filled[cell_of[j]] += 1
+    first, members = _bucket_order(cell_of, n_cy * n_cx)
     reach2 = reach * reach
     separation2 = min_separation * min_separation
     out_y = np.empty(64, dtype=np.intp)
