@@ -233,6 +233,39 @@ def _root(parent: NDArray[np.int64], i: int) -> int:  # pragma: no cover - compi
 
 
 @_compiled
+def _join_rows(
+    parent: NDArray[np.int64],
+    x_start: NDArray[np.integer],
+    x_stop: NDArray[np.integer],
+    above_lo: int,
+    above_hi: int,
+    row_lo: int,
+    row_hi: int,
+    diagonal: bool,
+) -> None:  # pragma: no cover - compiled
+    """Join each run ``row_lo..row_hi - 1`` with the runs ``above_lo..above_hi - 1`` it touches.
+
+    The two ranges are the runs of a row and of the row above, each sorted by x
+    (``x_stop`` exclusive); ``parent`` is their union-find forest, each group rooted
+    at its earliest run. Runs touch when they share a column, or with ``diagonal``
+    (8-connectivity) also a corner.
+    """
+    reach = 1 if diagonal else 0
+    j = above_lo
+    for b in range(row_lo, row_hi):
+        while j < above_hi and x_stop[j] + reach <= x_start[b]:
+            j += 1
+        k = j
+        while k < above_hi and x_start[k] < x_stop[b] + reach:
+            ra, rb = _root(parent, k), _root(parent, b)
+            if ra < rb:
+                parent[rb] = ra
+            elif rb < ra:
+                parent[ra] = rb
+            k += 1
+
+
+@_compiled
 def _connect_runs(runs: NDArray[np.int32]) -> tuple[NDArray[np.int32], int]:  # pragma: no cover
     """Label runs (raster order) by 8-connected region; return them sorted by label and n.
 
@@ -241,6 +274,7 @@ def _connect_runs(runs: NDArray[np.int32]) -> tuple[NDArray[np.int32], int]:  # 
     """
     n_runs = len(runs)
     parent = np.arange(n_runs)
+    x_start, x_stop = runs[:, 2], runs[:, 3]
     previous_start, previous_stop = 0, 0  # runs of the previous row
     i = 0
     while i < n_runs:
@@ -255,20 +289,7 @@ def _connect_runs(runs: NDArray[np.int32]) -> tuple[NDArray[np.int32], int]:  # 
                 previous_start -= 1
         else:
             previous_start = previous_stop = row_start
-        j = previous_start
-        for b in range(row_start, i):
-            # Runs of the row above touch run b (8-connectivity) if they reach
-            # [x_start - 1, x_stop] of it.
-            while j < previous_stop and runs[j, 3] < runs[b, 2]:
-                j += 1
-            k = j
-            while k < previous_stop and runs[k, 2] <= runs[b, 3]:
-                ra, rb = _root(parent, k), _root(parent, b)
-                if ra < rb:
-                    parent[rb] = ra
-                elif rb < ra:
-                    parent[ra] = rb
-                k += 1
+        _join_rows(parent, x_start, x_stop, previous_start, previous_stop, row_start, i, True)
     label = np.zeros(n_runs, dtype=np.int64)
     n = 0
     for r in range(n_runs):

@@ -23,7 +23,7 @@ import sep
 from numpy.typing import NDArray
 
 from ._background_mesh import _evaluate, _mesh_from_map
-from ._footprint_spans import _root
+from ._footprint_spans import _join_rows, _root
 from ._jit import _compiled, _enlarged
 from .errors import ToolkitError
 from .exposure import Exposure
@@ -474,16 +474,9 @@ def _mask_sources(
             parent[n_runs] = n_runs
             n_runs += 1
         # Runs of this row and the previous one that share a column are one group.
-        i, j = previous_start, current_start
-        while i < previous_stop and j < n_runs:
-            if run_x0[i] < run_x1[j] and run_x0[j] < run_x1[i]:
-                a, b = _root(parent, i), _root(parent, j)
-                if a != b:
-                    parent[max(a, b)] = min(a, b)
-            if run_x1[i] < run_x1[j]:
-                i += 1
-            else:
-                j += 1
+        _join_rows(
+            parent, run_x0, run_x1, previous_start, previous_stop, current_start, n_runs, False
+        )
         previous_start, previous_stop = current_start, n_runs
         up, mid, down = mid, down, up
     size = np.zeros(n_runs, dtype=np.int64)

@@ -143,3 +143,43 @@ def test_result_is_small_and_picklable(sim) -> None:
     assert np.array_equal(np.packbits(mask, axis=1), bkg.source_mask_bits)
     copy = pickle.loads(pickle.dumps(bkg))
     np.testing.assert_array_equal(copy.background, bkg.background)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_source_mask_is_the_grown_4_connected_groups_of_the_3x3_test(seed: int) -> None:
+    from scipy import ndimage
+
+    from stacklab.toolkit.background import _mask_sources
+
+    rng = np.random.default_rng(seed)
+    ny, nx = 90, 130
+    sky = rng.normal(100.0, 0.5, (ny, nx)).astype(np.float32)
+    rms = np.full((ny, nx), 4.0, dtype=np.float32)
+    data = (sky + rng.normal(0.0, 4.0, (ny, nx))).astype(np.float32)
+    data[rng.random((ny, nx)) < 0.02] += 200.0  # single hot pixels and small groups
+    ignore = rng.random((ny, nx)) < 0.01
+    factor, min_pixels, grow = np.float32(9.0), 20, 2
+    widths = np.array([int(np.floor(np.sqrt(grow * grow - dy * dy))) for dy in range(grow + 1)])
+    got = np.zeros((ny, nx), dtype=bool)
+    _mask_sources(data, sky, rms, ignore, factor, min_pixels, widths, got)
+    # Oracle: the 3x3 sum in the kernel's float32 order (centre, up, down; then
+    # centre, left, right; the pixel beyond an edge is the edge pixel), ndimage's
+    # 4-connected labels, the groups' sizes, and a dilation by the disk's rows.
+    residual = np.pad(data - sky, 1, mode="edge")
+    column = (residual[1:-1] + residual[:-2]) + residual[2:]
+    total = (column[:, 1:-1] + column[:, :-2]) + column[:, 2:]
+    above = (total > rms * factor) & ~ignore
+    labels, n = ndimage.label(above)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    kept = (sizes >= min_pixels)[labels] & above
+    disk = np.zeros((2 * grow + 1, 2 * grow + 1), dtype=bool)
+    for dy in range(-grow, grow + 1):
+        w = widths[abs(dy)]
+        disk[dy + grow, grow - w : grow + w + 1] = True
+    want = ndimage.binary_dilation(kept, structure=disk)
+    assert np.array_equal(got, want)
+    # Groups touching only at a corner decide the mask here: 8-connected labels differ.
+    labels8, n8 = ndimage.label(above, structure=np.ones((3, 3), dtype=bool))
+    sizes8 = np.bincount(labels8.ravel(), minlength=n8 + 1)
+    kept8 = (sizes8 >= min_pixels)[labels8] & above
+    assert not np.array_equal(ndimage.binary_dilation(kept8, structure=disk), want)
