@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from ._jit import _bucket_order, _compiled
+from ._jit import _block_sum, _bucket_order, _compiled
 
 __all__: list[str] = []
 
@@ -315,38 +315,6 @@ def _centroid_light(
                 value = (flat_positive[p] - model[p]) + own
                 light[k, m] = value if value >= 0.0 else 0.0
     return light, gx, gy
-
-
-@_compiled
-def _block_sum(values: NDArray[np.float64], n: int) -> float:  # pragma: no cover - compiled
-    """Sum ``values[:n]`` (``n <= 128``) in NumPy's order: 8 accumulators, then the rest.
-
-    The same rounding as ``np.sum`` of a contiguous float64 row of at most 128
-    values (one block of its pairwise summation, which starts from 0).
-    """
-    if n < 8:
-        total = 0.0
-        for i in range(n):
-            total += values[i]
-        return total
-    r0, r1, r2, r3 = values[0], values[1], values[2], values[3]
-    r4, r5, r6, r7 = values[4], values[5], values[6], values[7]
-    i = 8
-    while i < n - n % 8:
-        r0 += values[i]
-        r1 += values[i + 1]
-        r2 += values[i + 2]
-        r3 += values[i + 3]
-        r4 += values[i + 4]
-        r5 += values[i + 5]
-        r6 += values[i + 6]
-        r7 += values[i + 7]
-        i += 8
-    total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-    while i < n:
-        total += values[i]
-        i += 1
-    return total
 
 
 @_compiled

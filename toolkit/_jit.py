@@ -4,6 +4,11 @@ Kernels are compiled on first call (about a second each) and cached on disk: in
 ``NUMBA_CACHE_DIR`` when set, else next to their module, else (read-only package
 folder) in numba's user cache folder, ``~/.cache/numba``. Loading a cached kernel
 costs about 0.3 s once per process.
+
+The small helpers several modules' kernels call live here too: a growing list
+(``_enlarged``), a stable counting sort (``_bucket_order``) and NumPy's summation
+order for a short row (``_block_sum``). numba's cache tracks a kernel's own module
+only: after changing one of these, clear the cache (or touch the callers' modules).
 """
 
 from __future__ import annotations
@@ -74,3 +79,35 @@ def _bucket_order(
         order[fill[keys[i]]] = i
         fill[keys[i]] += 1
     return start, order
+
+
+@_compiled
+def _block_sum(values: NDArray[np.float64], n: int) -> float:  # pragma: no cover - compiled
+    """Sum ``values[:n]`` (``n <= 128``) in NumPy's order: 8 accumulators, then the rest.
+
+    The same rounding as ``np.sum`` of a contiguous float64 row of at most 128
+    values (one block of its pairwise summation, which starts from 0).
+    """
+    if n < 8:
+        total = 0.0
+        for i in range(n):
+            total += values[i]
+        return total
+    r0, r1, r2, r3 = values[0], values[1], values[2], values[3]
+    r4, r5, r6, r7 = values[4], values[5], values[6], values[7]
+    i = 8
+    while i < n - n % 8:
+        r0 += values[i]
+        r1 += values[i + 1]
+        r2 += values[i + 2]
+        r3 += values[i + 3]
+        r4 += values[i + 4]
+        r5 += values[i + 5]
+        r6 += values[i + 6]
+        r7 += values[i + 7]
+        i += 8
+    total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        total += values[i]
+        i += 1
+    return total

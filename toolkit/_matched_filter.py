@@ -17,8 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import fft
 
-from ._deblend_kernels import _block_sum
-from ._jit import _compiled
+from ._jit import _block_sum, _compiled
 from .exposure import Exposure
 
 if TYPE_CHECKING:

@@ -216,7 +216,7 @@ def test_symmetry_candidates_match_the_pixel_by_pixel_oracle(seed: int) -> None:
 
 
 def test_block_sum_rounds_as_numpy_sums_a_row() -> None:
-    from stacklab.toolkit._deblend_kernels import _block_sum
+    from stacklab.toolkit._jit import _block_sum
 
     rng = np.random.default_rng(3)
     for n in range(129):
