@@ -282,7 +282,11 @@ def measure_sources(
         # np.clip's min(max(...)) on Python numbers: the same integer for less.
         half = int(min(max(max(fy, fx) // 2 + 6, min_half), max_half))
         if psf_half is not None:
-            half = max(half, psf_half + 2)
+            # The stamp holds the PSF kernel centred on it. A centroid a pixel or two
+            # off centre moves the kernel's outermost wing column off the stamp: the
+            # PSF fit leaves it out (its other pixels stay exact), and in the model
+            # fits' circular convolution it wraps around, at ~1e-4 of the peak.
+            half = max(half, psf_half)
         half = good_size(2 * half + 1) // 2  # FFT-friendly stamp size
         # Stamp, good-pixel planes and the mask tests, in one compiled pass; a child's
         # own image has its siblings' shares removed inside the parent footprint.

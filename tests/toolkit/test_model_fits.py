@@ -336,6 +336,42 @@ def test_an_even_sized_psf_stamp_is_placed_and_shifted():
     assert (moved * yy).sum() / moved.sum() == pytest.approx(15.0, abs=1e-3)
 
 
+def test_good_size_is_the_smallest_odd_length_of_small_prime_factors() -> None:
+    from stacklab.toolkit._stamps import good_size
+
+    def smooth(m: int) -> bool:
+        for p in (3, 5, 7, 11, 13):
+            while m % p == 0:
+                m //= p
+        return m == 1
+
+    for n in range(1, 400):
+        m = good_size(n)
+        assert m >= n and m % 2 == 1 and smooth(m)
+        assert not any(smooth(k) for k in range(n + (1 - n % 2), m, 2))
+    assert good_size(51) == 55 and good_size(41) == 45 and good_size(47) == 49
+
+
+def test_psf_flux_of_a_source_off_the_centre_of_a_stamp_no_larger_than_the_kernel() -> None:
+    # The measurement stamp is only as large as the PSF kernel: a source 1.6 px off
+    # centre has the kernel's outer columns off the stamp. The fit uses the pixels
+    # that remain, whose model values are exact: no bias.
+    sigma, ksize = 2.4, 31
+    yy, xx = np.mgrid[0:ksize, 0:ksize] - ksize // 2
+    kernel = np.exp(-0.5 * (xx * xx + yy * yy) / sigma**2)
+    kernel /= kernel.sum()
+    kernel = 0.97 * kernel + 0.03 / kernel.size  # a wing reaching the stamp's edge
+    true_x, true_y, flux = 15.0 + 1.6, 15.0 - 0.7, 5.0e4
+    data = flux * psf_flux_fits._place(kernel, ksize, true_x, true_y)
+    assert data.sum() < 0.998 * flux  # part of the source is off the stamp
+    stamps, weights = data[None], np.ones((1, ksize, ksize))
+    got, _, x, y, *_ = psf_flux_fits._psf_fluxes(
+        stamps, weights, kernel[None], np.array([[true_x - 0.2, true_y + 0.15]])
+    )
+    assert got[0] == pytest.approx(flux, rel=1e-5)
+    assert (x[0], y[0]) == pytest.approx((true_x, true_y), abs=1e-3)
+
+
 def test_dev_table_is_galsims_transform() -> None:
     from stacklab.toolkit import _dev_transform
 
