@@ -18,6 +18,7 @@ from stacklab.toolkit import (
     rho_statistics,
     subtract_background,
 )
+from stacklab.toolkit import psf as psf_module
 from stacklab.toolkit.simulate import SimulatedPsf, SimulationConfig, make_sky, simulate_visit
 
 
@@ -113,6 +114,88 @@ def test_noise_free_stars_give_the_true_psf_shapes(size_coeffs, spatial_order) -
             assert m.e1 == pytest.approx(t.e1, abs=5e-5)
             assert m.e2 == pytest.approx(t.e2, abs=5e-5)
             assert pytest.approx(t.T, rel=5e-5) == m.T
+
+
+def test_a_star_with_an_unresolved_companion_is_rejected(monkeypatch) -> None:
+    # A bright star with a companion 0.5 FWHM away (2% of its light) is the brightest
+    # in its corner: it sets the model there, so its residuals, and its chi² (0.2),
+    # look fine. Compared with the model fitted without it (its leverage taken out),
+    # its shape is 7 sigma off; rejected, the model's e2 there is right again.
+    size, spacing = 640, 64
+    truth = SimulatedPsf(
+        fwhm_px=3.5,
+        size_coeffs=(0.0,) * 6,
+        g1_coeffs=_G1_PATTERN,
+        g2_coeffs=_G2_PATTERN,
+        focal_plane_x0=(size - 1) / 2,
+        focal_plane_y0=(size - 1) / 2,
+        focal_plane_half_px=size / 2,
+    )
+    rng = np.random.default_rng(3)
+    centres = np.arange(spacing // 2, size - spacing // 2 + 1, spacing, dtype=float)
+    gx, gy = np.meshgrid(centres, centres)
+    xs = gx.ravel() + rng.uniform(-4.0, 4.0, gx.size)
+    ys = gy.ravel() + rng.uniform(-4.0, 4.0, gy.size)
+    fluxes = 10 ** rng.uniform(4.3, 5.3, xs.size)
+    k = int(np.argmin(np.hypot(xs - 96.0, ys - 96.0)))
+    fluxes[k] = 1.5e6
+    image = galsim.ImageD(size, size, scale=1.0)  # GalSim pixel i + 1 is image pixel i
+
+    def draw(x: float, y: float, flux: float) -> None:
+        centre = galsim.PositionD(x + 1, y + 1)
+        stamp = truth.profile(x, y).withFlux(flux).drawImage(nx=41, ny=41, scale=1.0, center=centre)
+        bounds = stamp.bounds & image.bounds
+        image[bounds] += stamp[bounds]
+
+    for x, y, flux in zip(xs, ys, fluxes, strict=True):
+        draw(x, y, flux)
+    draw(xs[k] + 1.2, ys[k] + 1.3, 0.02 * fluxes[k])
+    variance = 25.0 + image.array / 1.5
+    exposure = Exposure(image.array + rng.normal(0.0, np.sqrt(variance)), variance=variance)
+    det = detect_sources(exposure)
+    blend = deblend_sources(exposure, det)
+    config = PsfConfig(reserve_fraction=0.0)
+
+    def binary_and_error(fit):
+        star = int(np.argmin(np.hypot(fit.stars["x"] - xs[k], fit.stars["y"] - ys[k])))
+        de2 = fit.model.moments(xs[k], ys[k]).e2 - truth.moments(xs[k], ys[k]).e2
+        return fit.stars[star], de2
+
+    star, de2 = binary_and_error(fit_psf(exposure, blend, config, labels=det.labels))
+    assert not star["used"]
+    assert star["shape_z2"] > 5.0
+    assert abs(de2) < 1e-3
+    # Without the shape test the binary stays in the fit and pulls the model by 5e-3.
+    monkeypatch.setattr(
+        psf_module, "_shape_residuals", lambda data, *args: np.zeros((len(data), 2))
+    )
+    star, de2 = binary_and_error(fit_psf(exposure, blend, config, labels=det.labels))
+    assert star["used"] and star["chi2"] < 1.0
+    assert de2 > 3e-3
+
+
+def test_leverage_gives_the_residuals_of_fits_without_each_star() -> None:
+    # Deleted residuals of linear least squares: r / (1 - h) is the star's datum minus
+    # the pixel's polynomial fitted to the other stars (refitted here, star by star).
+    rng = np.random.default_rng(5)
+    n, n_pixels = 12, 4
+    u, v = rng.uniform(-1, 1, n), rng.uniform(-1, 1, n)
+    terms = np.column_stack([np.ones(n), u, v, u * u, u * v, v * v])
+    inv_var = rng.uniform(0.5, 2.0, (n, n_pixels))
+    flux = rng.uniform(1.0, 3.0, n)
+    y = rng.normal(size=(n, n_pixels))  # data / flux
+    h = psf_module._leverage(inv_var, flux, terms)
+    w = inv_var * flux[:, None] ** 2
+    for p in range(n_pixels):
+        sw = np.sqrt(w[:, p])
+        fitted = terms @ np.linalg.lstsq(terms * sw[:, None], y[:, p] * sw, rcond=None)[0]
+        for s in range(n):
+            others = np.arange(n) != s
+            c = np.linalg.lstsq(
+                terms[others] * sw[others, None], y[others, p] * sw[others], rcond=None
+            )[0]
+            deleted = y[s, p] - terms[s] @ c
+            assert (y[s, p] - fitted[s]) / (1 - h[s, p]) == pytest.approx(deleted, rel=1e-9)
 
 
 def test_validation_on_reserved_stars(fitted) -> None:
