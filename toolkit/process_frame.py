@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 _PSF_STAR_MATCH_PX = 1.0
 _MIN_APCORR_STARS = 10
+# Catalog header keys of the aperture corrections: FITS keywords of at most 8
+# characters (longer ones become HIERARCH cards, with a VerifyWarning on every write).
+_APCORR_KEYS = {"flux_psf": "APCORPSF", "flux_model": "APCORMOD", "flux_exp": "APCOREXP"}
 # Local sky ring of the aperture correction, in units of its radius.
 _SKY_RING = (1.8, 2.4)
 # Fewest undetected pixels (fraction of the ring) for a star's local sky.
@@ -281,7 +284,7 @@ def process_frame(exposure: Exposure, config: ProcessFrameConfig | None = None) 
         catalog[name] *= factor
         if name + "_err" in catalog.colnames:
             catalog[name + "_err"] *= factor
-        catalog.meta[f"APCORR_{name[5:].upper()}"] = factor
+        catalog.meta[_APCORR_KEYS[name]] = factor
     catalog["extendedness"] = extendedness(catalog["flux_psf"], catalog["flux_exp"])
     _psf_flags(catalog, psf_fit)
     lap("aperture_correction")

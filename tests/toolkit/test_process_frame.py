@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 from astropy.io import fits
+from astropy.io.fits.verify import VerifyWarning
 from astropy.table import Table
 from scipy.spatial import cKDTree
 
@@ -218,12 +219,14 @@ def test_blends_have_parents_and_flags(frame) -> None:
 def test_cli_writes_calexp_catalog_and_psf(frame, tmp_path) -> None:
     sim, _ = frame
     path = write_exposure(sim.exposure[0:300, 0:300].replace(psf=None), tmp_path / "in.fits")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # few stars in a small cut-out
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # UserWarnings of few stars in a small cut-out
         code = main(
             ["process-frame", str(path), "--out", str(tmp_path / "out"), "--psf-order", "1"]
         )
     assert code == 0
+    # Header keys are FITS keywords: no HIERARCH cards or other repairs on writing.
+    assert not [w.message for w in caught if issubclass(w.category, VerifyWarning)]
     calexp = read_exposure(tmp_path / "out" / "calexp.fits")
     assert isinstance(calexp.psf, PsfModel)
     assert calexp.plane("DETECTED").any()
