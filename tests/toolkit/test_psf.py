@@ -60,6 +60,36 @@ _G1_PATTERN = (0.02, 0.01, -0.008, 0.006, 0.004, -0.005)
 _G2_PATTERN = (-0.015, -0.006, 0.012, -0.004, 0.007, 0.005)
 
 
+def _grid_truth(size: int, size_coeffs: tuple[float, ...]) -> SimulatedPsf:
+    """A simulator-like PSF over a ``size``-pixel field that is the whole focal plane."""
+    return SimulatedPsf(
+        fwhm_px=3.5,
+        size_coeffs=size_coeffs,
+        g1_coeffs=_G1_PATTERN,
+        g2_coeffs=_G2_PATTERN,
+        focal_plane_x0=(size - 1) / 2,
+        focal_plane_y0=(size - 1) / 2,
+        focal_plane_half_px=size / 2,
+    )
+
+
+def _star_grid(rng: np.random.Generator, size: int, spacing: int = 64):
+    """Star positions on a grid of ``spacing`` pixels, each moved by up to 4 px."""
+    centres = np.arange(spacing // 2, size - spacing // 2 + 1, spacing, dtype=float)
+    gx, gy = np.meshgrid(centres, centres)
+    xs = gx.ravel() + rng.uniform(-4.0, 4.0, gx.size)
+    ys = gy.ravel() + rng.uniform(-4.0, 4.0, gy.size)
+    return xs, ys
+
+
+def _draw_star(image: galsim.ImageD, truth: SimulatedPsf, x: float, y: float, flux: float) -> None:
+    """Add a star of the true PSF at image pixel ``(x, y)`` (GalSim pixel i + 1 is pixel i)."""
+    centre = galsim.PositionD(x + 1, y + 1)
+    stamp = truth.profile(x, y).withFlux(flux).drawImage(nx=41, ny=41, scale=1.0, center=centre)
+    bounds = stamp.bounds & image.bounds
+    image[bounds] += stamp[bounds]
+
+
 @pytest.mark.parametrize(
     ("size_coeffs", "spatial_order"),
     [((0.0,) * 6, 2), (_SIZE_PATTERN, 4)],
@@ -72,30 +102,13 @@ def test_noise_free_stars_give_the_true_psf_shapes(size_coeffs, spatial_order) -
     # size x shear cross terms in the pixels (quartic over the image) that need order 4
     # (order 2 leaves up to 2e-4 there). Re-centring stars 10% short of their
     # sub-pixel offset already fails this test (de1 1.8e-4).
-    size, spacing = 640, 64
-    truth = SimulatedPsf(
-        fwhm_px=3.5,
-        size_coeffs=size_coeffs,
-        g1_coeffs=_G1_PATTERN,
-        g2_coeffs=_G2_PATTERN,
-        focal_plane_x0=(size - 1) / 2,
-        focal_plane_y0=(size - 1) / 2,
-        focal_plane_half_px=size / 2,
-    )
+    size = 640
+    truth = _grid_truth(size, size_coeffs)
     rng = np.random.default_rng(11)
-    centres = np.arange(spacing // 2, size - spacing // 2 + 1, spacing, dtype=float)
-    gx, gy = np.meshgrid(centres, centres)
-    xs = gx.ravel() + rng.uniform(-4.0, 4.0, gx.size)
-    ys = gy.ravel() + rng.uniform(-4.0, 4.0, gy.size)
-    image = galsim.ImageD(size, size, scale=1.0)  # GalSim pixel i + 1 is image pixel i
+    xs, ys = _star_grid(rng, size)
+    image = galsim.ImageD(size, size, scale=1.0)
     for x, y, flux in zip(xs, ys, 10 ** rng.uniform(4.3, 5.5, xs.size), strict=True):
-        stamp = (
-            truth.profile(x, y)
-            .withFlux(flux)
-            .drawImage(nx=41, ny=41, scale=1.0, center=galsim.PositionD(x + 1, y + 1))
-        )
-        bounds = stamp.bounds & image.bounds
-        image[bounds] += stamp[bounds]
+        _draw_star(image, truth, x, y, flux)
     # The variance has the stars' photon noise (the fit's weights), the pixels do not.
     exposure = Exposure(
         image.array + rng.normal(0.0, 0.01, image.array.shape),
@@ -121,35 +134,17 @@ def test_a_star_with_an_unresolved_companion_is_rejected(monkeypatch) -> None:
     # in its corner: it sets the model there, so its residuals, and its chi² (0.2),
     # look fine. Compared with the model fitted without it (its leverage taken out),
     # its shape is 7 sigma off; rejected, the model's e2 there is right again.
-    size, spacing = 640, 64
-    truth = SimulatedPsf(
-        fwhm_px=3.5,
-        size_coeffs=(0.0,) * 6,
-        g1_coeffs=_G1_PATTERN,
-        g2_coeffs=_G2_PATTERN,
-        focal_plane_x0=(size - 1) / 2,
-        focal_plane_y0=(size - 1) / 2,
-        focal_plane_half_px=size / 2,
-    )
+    size = 640
+    truth = _grid_truth(size, (0.0,) * 6)
     rng = np.random.default_rng(3)
-    centres = np.arange(spacing // 2, size - spacing // 2 + 1, spacing, dtype=float)
-    gx, gy = np.meshgrid(centres, centres)
-    xs = gx.ravel() + rng.uniform(-4.0, 4.0, gx.size)
-    ys = gy.ravel() + rng.uniform(-4.0, 4.0, gy.size)
+    xs, ys = _star_grid(rng, size)
     fluxes = 10 ** rng.uniform(4.3, 5.3, xs.size)
     k = int(np.argmin(np.hypot(xs - 96.0, ys - 96.0)))
     fluxes[k] = 1.5e6
-    image = galsim.ImageD(size, size, scale=1.0)  # GalSim pixel i + 1 is image pixel i
-
-    def draw(x: float, y: float, flux: float) -> None:
-        centre = galsim.PositionD(x + 1, y + 1)
-        stamp = truth.profile(x, y).withFlux(flux).drawImage(nx=41, ny=41, scale=1.0, center=centre)
-        bounds = stamp.bounds & image.bounds
-        image[bounds] += stamp[bounds]
-
+    image = galsim.ImageD(size, size, scale=1.0)
     for x, y, flux in zip(xs, ys, fluxes, strict=True):
-        draw(x, y, flux)
-    draw(xs[k] + 1.2, ys[k] + 1.3, 0.02 * fluxes[k])
+        _draw_star(image, truth, x, y, flux)
+    _draw_star(image, truth, xs[k] + 1.2, ys[k] + 1.3, 0.02 * fluxes[k])
     variance = 25.0 + image.array / 1.5
     exposure = Exposure(image.array + rng.normal(0.0, np.sqrt(variance)), variance=variance)
     det = detect_sources(exposure)
