@@ -285,7 +285,8 @@ def measure_sources(
             # The stamp holds the PSF kernel centred on it. A centroid a pixel or two
             # off centre moves the kernel's outermost wing column off the stamp: the
             # PSF fit leaves it out (its other pixels stay exact), and in the model
-            # fits' circular convolution it wraps around, at ~1e-4 of the peak.
+            # fits' circular convolution it wraps around, at ~2e-4 of the peak (a
+            # Kolmogorov profile 4 FWHM out).
             half = max(half, psf_half)
         half = good_size(2 * half + 1) // 2  # FFT-friendly stamp size
         # Stamp, good-pixel planes and the mask tests, in one compiled pass; a child's
