@@ -60,10 +60,10 @@ _G1_PATTERN = (0.02, 0.01, -0.008, 0.006, 0.004, -0.005)
 _G2_PATTERN = (-0.015, -0.006, 0.012, -0.004, 0.007, 0.005)
 
 
-def _grid_truth(size: int, size_coeffs: tuple[float, ...]) -> SimulatedPsf:
+def _grid_truth(size: int, size_coeffs: tuple[float, ...], fwhm_px: float = 3.5) -> SimulatedPsf:
     """A simulator-like PSF over a ``size``-pixel field that is the whole focal plane."""
     return SimulatedPsf(
-        fwhm_px=3.5,
+        fwhm_px=fwhm_px,
         size_coeffs=size_coeffs,
         g1_coeffs=_G1_PATTERN,
         g2_coeffs=_G2_PATTERN,
@@ -167,6 +167,24 @@ def test_a_star_with_an_unresolved_companion_is_rejected(monkeypatch) -> None:
     star, de2 = binary_and_error(fit_psf(exposure, blend, config, labels=det.labels))
     assert star["used"] and star["chi2"] < 1.0
     assert de2 > 3e-3
+
+
+def test_an_undersampled_psf_is_fitted_with_a_warning() -> None:
+    # No oversampled model: at 2 px FWHM the sinc re-centring of stars is not exact,
+    # and fit_psf says so rather than return a biased model silently.
+    size = 320
+    truth = _grid_truth(size, (0.0,) * 6, fwhm_px=2.0)
+    rng = np.random.default_rng(2)
+    xs, ys = _star_grid(rng, size, spacing=40)
+    image = galsim.ImageD(size, size, scale=1.0)
+    for x, y, flux in zip(xs, ys, 10 ** rng.uniform(4.3, 5.0, xs.size), strict=True):
+        _draw_star(image, truth, x, y, flux)
+    variance = 25.0 + image.array / 1.5
+    exposure = Exposure(image.array + rng.normal(0.0, np.sqrt(variance)), variance=variance)
+    det = detect_sources(exposure)
+    with pytest.warns(UserWarning, match="undersampled"):
+        fit = fit_psf(exposure, deblend_sources(exposure, det), labels=det.labels)
+    assert not fit.fallback
 
 
 def test_leverage_gives_the_residuals_of_fits_without_each_star() -> None:
