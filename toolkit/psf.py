@@ -35,6 +35,7 @@ from astropy.table import Table
 from numpy.typing import NDArray
 
 from ._moments import _AdaptiveMoments
+from ._psf_fine import _FIRST_FINE_ROUNDS, _fine_samples, _fit_fine, _shifted
 from ._stamps import boxes, fft_shift, inside_fraction
 from .deblend import Deblended
 from .exposure import Exposure
@@ -76,6 +77,10 @@ class PsfConfig:
         Polynomial order of the variation over the detector.
     stamp_size : int or None
         Model stamp width (odd pixels); by default about 8 FWHM, between 15 and 51.
+    oversampling : int or None
+        Model values per pixel along each axis. By default 1 for a well-sampled
+        PSF and ``ceil(2.5 / FWHM)`` below 2.5 px FWHM, where stars cannot be
+        re-centred by sinc interpolation (:mod:`._psf_fine`).
     min_snr : float
         Smallest peak significance of a PSF star (noise units).
     max_peak_fraction : float
@@ -106,6 +111,7 @@ class PsfConfig:
 
     spatial_order: int = 2
     stamp_size: int | None = None
+    oversampling: int | None = None
     min_snr: float = 50.0
     max_peak_fraction: float = 0.8
     size_tolerance: float = 0.12
@@ -121,6 +127,11 @@ class PsfConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.spatial_order, int) or not 0 <= self.spatial_order <= 6:
             msg = f"spatial_order must be an integer in 0..6, got {self.spatial_order!r}"
+            raise ValueError(msg)
+        if self.oversampling is not None and (
+            not isinstance(self.oversampling, int) or not 1 <= self.oversampling <= 8
+        ):
+            msg = f"oversampling must be None or an integer in 1..8, got {self.oversampling!r}"
             raise ValueError(msg)
         if self.stamp_size is not None and (
             not isinstance(self.stamp_size, int) or self.stamp_size < 7 or self.stamp_size % 2 == 0
@@ -324,15 +335,9 @@ def fit_psf(
         stamp_size = int(np.clip(2 * int(np.ceil(4.0 * fwhm)) + 1, 15, 51))
     if len(rows) < _MIN_STARS:
         return _fallback(config, f"only {len(rows)} stars on the stellar locus", stamp_size, fwhm)
-    if fwhm < _UNDERSAMPLED_FWHM_PX:
-        warnings.warn(
-            f"the PSF (FWHM {fwhm:.2f} px) is undersampled: the model is fitted at the "
-            "pixel scale with stars re-centred by sinc interpolation, exact only for "
-            f"FWHM >= {_UNDERSAMPLED_FWHM_PX} px, and no oversampled model is available; "
-            "its size and shape are biased (size by up to 1.4% at 2 px FWHM)",
-            UserWarning,
-            stacklevel=2,
-        )
+    over = config.oversampling
+    if over is None:
+        over = 1 if fwhm >= _UNDERSAMPLED_FWHM_PX else int(np.ceil(_UNDERSAMPLED_FWHM_PX / fwhm))
     half = stamp_size // 2
     pad = 3
     # Cut stamps (all at once), re-centre on the adaptive centroid (all stars'
@@ -348,6 +353,21 @@ def fit_psf(
     n = len(ids)
     if n < _MIN_STARS:
         return _fallback(config, f"only {n} PSF stars away from the edges", stamp_size, fwhm)
+    # A star's pixels fall on one in over² of a fine grid's nodes: each node needs
+    # min_stars_per_term stars even for a constant model.
+    few = round((1.0 - config.reserve_fraction) * n) < config.min_stars_per_term * over**2
+    if over > 1 and few and config.oversampling is None:
+        over = 1
+    if over == 1 and fwhm < _UNDERSAMPLED_FWHM_PX:
+        why = "oversampling=1" if config.oversampling == 1 else f"only {n} PSF stars"
+        warnings.warn(
+            f"the PSF (FWHM {fwhm:.2f} px) is undersampled, but it is modelled at the pixel "
+            f"scale ({why}): stars are re-centred by sinc interpolation, exact only for FWHM "
+            f">= {_UNDERSAMPLED_FWHM_PX} px, so the model's size and shape are biased (size "
+            "by up to 1.4% at 2 px FWHM)",
+            UserWarning,
+            stacklevel=2,
+        )
     star_rows, ixs, iys = (np.array(column, dtype=np.intp) for column in zip(*rows_in, strict=True))
     big = np.nan_to_num(boxes(image, ixs, iys, half + pad).astype(np.float64))
     var = boxes(variance, ixs, iys, half + pad).astype(np.float64)
@@ -357,17 +377,23 @@ def fit_psf(
         if parent_row_of[i] >= 0:
             bad[k] |= _siblings(sources, parent_row_of, i, ix, iy, half + pad)
     x_arr, y_arr = np.array(xs), np.array(ys)
-    # Integer box centres as floats: what x - ix does per star.
-    dx, dy = -(x_arr - ixs.astype(np.float64)), -(y_arr - iys.astype(np.float64))
-    shifted = fft_shift(np.where(bad, 0.0, big), dx, dy)
     crop = slice(pad, pad + stamp_size)
-    bad_c = bad[:, crop, crop]
-    bad_c = bad_c | np.roll(bad_c, 1, 1) | np.roll(bad_c, -1, 1)
-    bad_c = bad_c | np.roll(bad_c, 1, 2) | np.roll(bad_c, -1, 2)
-    var_c = var[:, crop, crop]
-    d = np.ascontiguousarray(shifted[:, crop, crop])
-    inv_var = np.where(bad_c | ~(var_c > 0), 0.0, 1.0 / var_c)
     raw, raw_bad = big[:, crop, crop], bad[:, crop, crop]
+    remainders = np.zeros((n, 2))
+    if over == 1:
+        # Integer box centres as floats: what x - ix does per star.
+        dx, dy = -(x_arr - ixs.astype(np.float64)), -(y_arr - iys.astype(np.float64))
+        shifted = fft_shift(np.where(bad, 0.0, big), dx, dy)
+        bad_c = bad[:, crop, crop]
+        bad_c = bad_c | np.roll(bad_c, 1, 1) | np.roll(bad_c, -1, 1)
+        bad_c = bad_c | np.roll(bad_c, 1, 2) | np.roll(bad_c, -1, 2)
+        var_c = var[:, crop, crop]
+        d = np.ascontiguousarray(shifted[:, crop, crop])
+        inv_var = np.where(bad_c | ~(var_c > 0), 0.0, 1.0 / var_c)
+    else:
+        d, inv_var, remainders = _fine_samples(
+            raw, raw_bad, var[:, crop, crop], x_arr - ixs, y_arr - iys, over
+        )
     rng = np.random.default_rng(config.seed)
     reserved = np.zeros(n, dtype=bool)
     n_reserve = round(config.reserve_fraction * n)
@@ -375,13 +401,15 @@ def fit_psf(
         reserved[rng.choice(n, size=n_reserve, replace=False)] = True
     order = config.spatial_order
     n_fit = int((~reserved).sum())
-    while order > 0 and n_fit < config.min_stars_per_term * _n_terms(order):
+    # On a fine grid a star's pixels fall on one in over² of the nodes' lattices.
+    per_term = config.min_stars_per_term * over**2
+    while order > 0 and n_fit < per_term * _n_terms(order):
         order -= 1
     if order < config.spatial_order:
         warnings.warn(
             f"only {n_fit} PSF stars: too few for spatial_order={config.spatial_order} "
-            f"(needs {config.min_stars_per_term * _n_terms(config.spatial_order)}); "
-            f"fitting order {order} instead",
+            f"(needs {per_term * _n_terms(config.spatial_order)}"
+            f"{f' at oversampling {over}' if over > 1 else ''}); fitting order {order} instead",
             UserWarning,
             stacklevel=2,
         )
@@ -391,14 +419,30 @@ def fit_psf(
     flux = np.where(flux > 0, flux, np.nan)
     used = ~reserved & np.isfinite(flux)
     chi2 = np.full(n, np.nan)
-    coeffs = np.zeros((terms.shape[1], stamp_size, stamp_size))
-    core, quadrupoles = _shape_weights(stamp_size, fwhm / _FWHM_PER_SIGMA)
+    size = d.shape[1]  # the model's grid: stamp_size, or over (stamp_size - 1) + 1
+    coeffs = np.zeros((terms.shape[1], size, size))
+    core, quadrupoles = _shape_weights(size, over * fwhm / _FWHM_PER_SIGMA)
+    leverage = np.zeros((n, quadrupoles.shape[1]))
     for iteration in range(config.n_iterations + 1):
-        coeffs = _fit_pixels(d[used], inv_var[used], flux[used], terms[used])
-        leverage = np.zeros((n, quadrupoles.shape[1]))
-        leverage[used] = _leverage(inv_var[used][:, core], flux[used], terms[used])
+        if over == 1:
+            coeffs = _fit_pixels(d[used], inv_var[used], flux[used], terms[used])
+            leverage[:] = 0.0
+            leverage[used] = _leverage(inv_var[used][:, core], flux[used], terms[used])
+        else:
+            rounds = _FIRST_FINE_ROUNDS if iteration == 0 else 1
+            if iteration == 0:  # first guess: each sample taken as at its node
+                coeffs = _fit_pixels(d[used], inv_var[used], flux[used], terms[used])
+            # No leverage here (the nodes' fits are coupled): the shape test compares
+            # each star with a model that includes it.
+            coeffs, remainders = _fit_fine(
+                d, inv_var, flux, terms, used, remainders, coeffs, over, rounds
+            )
         model = np.einsum("sk,kyx->syx", terms, coeffs)
-        model /= model.sum(axis=(1, 2), keepdims=True)
+        # Unit sum on the pixel grid (over² values per pixel on a fine one); on a
+        # fine grid, each star's model is compared at its samples' places.
+        model /= model.sum(axis=(1, 2), keepdims=True) / over**2
+        if over > 1:
+            model = _shifted(model, remainders)
         num = np.sum(inv_var * d * model, axis=(1, 2))
         den = np.sum(inv_var * model * model, axis=(1, 2))
         flux = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
@@ -423,7 +467,9 @@ def fit_psf(
         if np.array_equal(new_used, used) and iteration > 0:
             break
         used = new_used
-    psf_model = PsfModel(coeffs, spatial_order=order, x_center=x_c, y_center=y_c, scale=scale)
+    psf_model = PsfModel(
+        coeffs, spatial_order=order, x_center=x_c, y_center=y_c, scale=scale, oversampling=over
+    )
     star_T, star_e1, star_e2 = (np.full(n, np.nan) for _ in range(3))
     mod_T, mod_e1, mod_e2 = (np.full(n, np.nan) for _ in range(3))
     drawn = psf_model._draw_many(x_arr, y_arr)  # psf_model.draw at each star

@@ -6,6 +6,12 @@ The PSF at detector position ``(x, y)`` is a stamp of ``N x N`` pixel values
 ``v = (y - y_c)/s``. The stamp is the pixelized PSF centred on the centre of its
 middle pixel; it is normalised to unit sum when evaluated. `fit_psf` (:mod:`.psf`)
 makes one from the stars of an exposure.
+
+An undersampled PSF (FWHM under ~2.5 px) is modelled on a finer grid: with
+``oversampling = s`` the coefficients hold ``s (N - 1) + 1`` values a side, every
+``s``-th of them at a pixel centre, so the stamp is that grid taken every ``s``
+values, and a sub-pixel shift is a Fourier shift on the fine grid (well sampled
+there) before that.
 """
 
 from __future__ import annotations
@@ -71,6 +77,8 @@ class PsfModel:
         Order of the polynomial in ``u, v``.
     x_center, y_center, scale : float
         ``u = (x - x_center) / scale``, ``v = (y - y_center) / scale`` (pixels).
+    oversampling : int
+        Model values per pixel along each axis (1: the coefficients are pixels).
 
     Examples
     --------
@@ -87,6 +95,7 @@ class PsfModel:
     x_center: float = 0.0
     y_center: float = 0.0
     scale: float = 1.0
+    oversampling: int = 1
 
     def __post_init__(self) -> None:
         coeffs = np.asarray(self.coefficients, dtype=np.float64)
@@ -102,12 +111,31 @@ class PsfModel:
         if not self.scale > 0:
             msg = f"scale must be > 0 pixels, got {self.scale!r}"
             raise ValueError(msg)
+        s = self.oversampling
+        if not isinstance(s, int | np.integer) or s < 1 or (coeffs.shape[1] - 1) % s:
+            msg = (
+                f"oversampling must be an integer >= 1 dividing the coefficients' width - 1 "
+                f"({coeffs.shape[1] - 1}), got {s!r}"
+            )
+            raise ValueError(msg)
+        object.__setattr__(self, "oversampling", int(s))
         object.__setattr__(self, "coefficients", coeffs)
 
     @property
     def stamp_size(self) -> int:
         """Width of the model stamp (pixels, odd)."""
-        return int(self.coefficients.shape[1])
+        return (int(self.coefficients.shape[1]) - 1) // self.oversampling + 1
+
+    def _fine_image(self, x: float, y: float) -> NDArray[np.float64]:
+        """Return the coefficients' polynomial at ``(x, y)``: the stamp on the model's grid."""
+        t = _terms_at(
+            float((x - self.x_center) / self.scale),
+            float((y - self.y_center) / self.scale),
+            self.spatial_order,
+        )
+        n_terms, n, _ = self.coefficients.shape
+        # The product np.tensordot(t, coefficients, axes=1) makes, without its overhead.
+        return np.dot(t[None, :], self.coefficients.reshape(n_terms, n * n)).reshape(n, n)
 
     def compute_image(self, x: float, y: float) -> NDArray[np.float64]:
         """Return the PSF at ``(x, y)`` centred on the middle pixel's centre, summing to 1.
@@ -117,14 +145,9 @@ class PsfModel:
         x, y : float
             Detector position (pixels, 0-based).
         """
-        t = _terms_at(
-            float((x - self.x_center) / self.scale),
-            float((y - self.y_center) / self.scale),
-            self.spatial_order,
-        )
-        n_terms, n, _ = self.coefficients.shape
-        # The product np.tensordot(t, coefficients, axes=1) makes, without its overhead.
-        stamp = np.dot(t[None, :], self.coefficients.reshape(n_terms, n * n)).reshape(n, n)
+        stamp = self._fine_image(x, y)
+        if self.oversampling > 1:
+            stamp = np.ascontiguousarray(stamp[:: self.oversampling, :: self.oversampling])
         total = np.add.reduce(stamp, axis=None)  # stamp.sum() without its wrapper
         return np.asarray(stamp / total if total != 0 else stamp)
 
@@ -134,6 +157,8 @@ class PsfModel:
         The stamp's middle pixel is ``(round(x), round(y))``; the sub-pixel shift is
         a Fourier phase ramp.
         """
+        if self.oversampling > 1:
+            return self._draw_many(np.array([x]), np.array([y]))[0]
         stamp = self.compute_image(x, y)
         dx, dy = x - np.floor(x + 0.5), y - np.floor(y + 0.5)
         pad = (good_size(stamp.shape[0] + 6) - stamp.shape[0]) // 2
@@ -144,6 +169,8 @@ class PsfModel:
         """:meth:`draw` at each ``(x[k], y[k])``, bit for bit, with one batch of Fourier shifts."""
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
+        if self.oversampling > 1:
+            return self._draw_many_fine(x, y)
         n = self.stamp_size
         pad = (good_size(n + 6) - n) // 2
         padded = np.zeros((len(x), n + 2 * pad, n + 2 * pad))
@@ -154,6 +181,19 @@ class PsfModel:
         # Each stamp's own sum: the same additions in the same order as draw's.
         totals = np.array([stamp.sum() for stamp in shifted])
         return np.asarray(shifted / totals[:, None, None])
+
+    def _draw_many_fine(
+        self, x: NDArray[np.float64], y: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        # Shifted on the fine grid (by s times the pixel offset), then taken every s values.
+        s, n = self.oversampling, int(self.coefficients.shape[1])
+        pad = (good_size(n + 6) - n) // 2
+        padded = np.zeros((len(x), n + 2 * pad, n + 2 * pad))
+        for k in range(len(x)):
+            padded[k, pad : pad + n, pad : pad + n] = self._fine_image(x[k], y[k])
+        dx, dy = x - np.floor(x + 0.5), y - np.floor(y + 0.5)
+        shifted = fft_shift(padded, s * dx, s * dy)[:, pad : pad + n : s, pad : pad + n : s]
+        return np.asarray(shifted / shifted.sum(axis=(1, 2), keepdims=True))
 
     def moments(self, x: float, y: float) -> PsfShape:
         """Return adaptive moments (GalSim HSM) of the model at ``(x, y)``.
@@ -189,6 +229,7 @@ class PsfModel:
         hdu.header["PSFXC"] = (self.x_center, "u = (x - PSFXC) / PSFSCALE")
         hdu.header["PSFYC"] = (self.y_center, "v = (y - PSFYC) / PSFSCALE")
         hdu.header["PSFSCALE"] = (self.scale, "pixels")
+        hdu.header["PSFOVERS"] = (self.oversampling, "model values per pixel along an axis")
         return hdu
 
     @classmethod
@@ -201,6 +242,7 @@ class PsfModel:
             x_center=float(header["PSFXC"]),
             y_center=float(header["PSFYC"]),
             scale=float(header["PSFSCALE"]),
+            oversampling=int(header.get("PSFOVERS", 1)),
         )
 
 
