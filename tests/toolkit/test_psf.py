@@ -90,6 +90,23 @@ def _draw_star(image: galsim.ImageD, truth: SimulatedPsf, x: float, y: float, fl
     image[bounds] += stamp[bounds]
 
 
+def _noise_free_stars(truth: SimulatedPsf, size: int) -> Exposure:
+    """Stars of 2e4-3e5 ADU on a grid; the variance has their photon noise, the pixels do not.
+
+    The variance is the fit's weights; the pixels carry 0.01 ADU of noise only.
+    """
+    rng = np.random.default_rng(11)
+    xs, ys = _star_grid(rng, size)
+    image = galsim.ImageD(size, size, scale=1.0)
+    for x, y, flux in zip(xs, ys, 10 ** rng.uniform(4.3, 5.5, xs.size), strict=True):
+        _draw_star(image, truth, x, y, flux)
+    return Exposure(
+        image.array + rng.normal(0.0, 0.01, image.array.shape),
+        variance=25.0 + image.array / 1.5,
+        psf=truth,
+    )
+
+
 @pytest.mark.parametrize(
     ("size_coeffs", "spatial_order"),
     [((0.0,) * 6, 2), (_SIZE_PATTERN, 4)],
@@ -104,17 +121,7 @@ def test_noise_free_stars_give_the_true_psf_shapes(size_coeffs, spatial_order) -
     # sub-pixel offset already fails this test (de1 1.8e-4).
     size = 640
     truth = _grid_truth(size, size_coeffs)
-    rng = np.random.default_rng(11)
-    xs, ys = _star_grid(rng, size)
-    image = galsim.ImageD(size, size, scale=1.0)
-    for x, y, flux in zip(xs, ys, 10 ** rng.uniform(4.3, 5.5, xs.size), strict=True):
-        _draw_star(image, truth, x, y, flux)
-    # The variance has the stars' photon noise (the fit's weights), the pixels do not.
-    exposure = Exposure(
-        image.array + rng.normal(0.0, 0.01, image.array.shape),
-        variance=25.0 + image.array / 1.5,
-        psf=truth,
-    )
+    exposure = _noise_free_stars(truth, size)
     det = detect_sources(exposure)
     # Chi² clipping is meant for noisy stars: on noise-free ones it drops good stars.
     config = PsfConfig(spatial_order=spatial_order, reject_sigma=1e6)
@@ -171,19 +178,9 @@ def test_a_star_with_an_unresolved_companion_is_rejected(monkeypatch) -> None:
 
 @pytest.fixture(scope="module")
 def undersampled_field():
-    # Noise-free stars of 2 px FWHM (noise in the variance only, as in the test above).
-    size = 640
-    truth = _grid_truth(size, (0.0,) * 6, fwhm_px=2.0)
-    rng = np.random.default_rng(11)
-    xs, ys = _star_grid(rng, size)
-    image = galsim.ImageD(size, size, scale=1.0)
-    for x, y, flux in zip(xs, ys, 10 ** rng.uniform(4.3, 5.5, xs.size), strict=True):
-        _draw_star(image, truth, x, y, flux)
-    exposure = Exposure(
-        image.array + rng.normal(0.0, 0.01, image.array.shape),
-        variance=25.0 + image.array / 1.5,
-        psf=truth,
-    )
+    # Noise-free stars of 2 px FWHM.
+    truth = _grid_truth(640, (0.0,) * 6, fwhm_px=2.0)
+    exposure = _noise_free_stars(truth, 640)
     det = detect_sources(exposure)
     return truth, exposure, deblend_sources(exposure, det), det.labels
 
