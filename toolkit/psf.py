@@ -16,7 +16,9 @@ once (weights ``flux² / variance``). Fluxes are re-fitted with the model and
 outliers are rejected: stars whose reduced chi² is high, and stars whose shape
 disagrees with the model's beyond their noise (:func:`_shape_residuals`; an
 unresolved companion star does this without raising the chi² of a whole
-stamp). This repeats ``n_iterations`` times.
+stamp). This repeats ``n_iterations`` times. An undersampled PSF (FWHM under
+2.5 px) cannot be re-centred so: it is modelled on a finer grid, each star's
+pixels where they fall (:mod:`._psf_fine`).
 
 Validation. At the reserved stars, adaptive moments (GalSim HSM) of the star
 and of the model drawn at the same sub-pixel position give ``dT/T`` and
