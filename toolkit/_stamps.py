@@ -67,6 +67,24 @@ def fft_shift(
     return np.fft.irfft2(np.fft.rfft2(stamp) * phase, s=(ny, nx))
 
 
+def fft_shift_padded(
+    stamps: NDArray[np.floating],
+    dx: float | NDArray[np.floating],
+    dy: float | NDArray[np.floating],
+    margin: int = 6,
+) -> NDArray[np.float64]:
+    """:func:`fft_shift` of stamps zero-padded so the shift does not wrap around.
+
+    Each axis is padded on both sides to the FFT-friendly :func:`good_size` of its
+    length plus ``margin``, shifted, and cropped back to the stamps' shape.
+    """
+    ny, nx = stamps.shape[-2:]
+    py, px = (good_size(ny + margin) - ny) // 2, (good_size(nx + margin) - nx) // 2
+    widths = [(0, 0)] * (stamps.ndim - 2) + [(py, py), (px, px)]
+    shifted = fft_shift(np.pad(stamps, widths), dx, dy)
+    return np.asarray(shifted[..., py : py + ny, px : px + nx])
+
+
 def cutout(
     array: NDArray[Any],
     ix: int,

@@ -24,7 +24,7 @@ import numpy as np
 from astropy.table import Table
 from numpy.typing import NDArray
 
-from ._stamps import cutout, fft_shift, good_size
+from ._stamps import cutout, fft_shift_padded
 from .exposure import Exposure
 from .flags import SourceFlag
 from .psf_model import _hsm
@@ -520,8 +520,7 @@ def _draw_at(psf: Any, x: float, y: float) -> NDArray[np.float64]:
     else:
         base = np.asarray(psf.compute_image(x, y), dtype=np.float64)
         dx, dy = x - np.floor(x + 0.5), y - np.floor(y + 0.5)
-        pad = (good_size(base.shape[0] + 6) - base.shape[0]) // 2
-        stamp = fft_shift(np.pad(base, pad), dx, dy)[pad:-pad, pad:-pad]
+        stamp = fft_shift_padded(base, dx, dy)
     total = stamp.sum()
     return stamp / total if total else stamp
 

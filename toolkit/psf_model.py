@@ -24,7 +24,7 @@ from astropy.io import fits
 from numpy.typing import NDArray
 
 from ._moments import _AdaptiveMoments
-from ._stamps import fft_shift, good_size
+from ._stamps import fft_shift_padded
 from .errors import ToolkitError
 
 __all__ = ["PsfModel", "PsfShape"]
@@ -161,39 +161,27 @@ class PsfModel:
             return self._draw_many(np.array([x]), np.array([y]))[0]
         stamp = self.compute_image(x, y)
         dx, dy = x - np.floor(x + 0.5), y - np.floor(y + 0.5)
-        pad = (good_size(stamp.shape[0] + 6) - stamp.shape[0]) // 2
-        shifted = fft_shift(np.pad(stamp, pad), dx, dy)[pad:-pad, pad:-pad]
+        shifted = fft_shift_padded(stamp, dx, dy)
         return np.asarray(shifted / shifted.sum())
 
     def _draw_many(self, x: NDArray[np.float64], y: NDArray[np.float64]) -> NDArray[np.float64]:
-        """:meth:`draw` at each ``(x[k], y[k])``, bit for bit, with one batch of Fourier shifts."""
+        """:meth:`draw` at each ``(x[k], y[k])``, bit for bit, with one batch of Fourier shifts.
+
+        On an oversampled grid the shift is ``s`` times the pixel offset, and the
+        shifted stamps are taken every ``s`` values.
+        """
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
-        if self.oversampling > 1:
-            return self._draw_many_fine(x, y)
-        n = self.stamp_size
-        pad = (good_size(n + 6) - n) // 2
-        padded = np.zeros((len(x), n + 2 * pad, n + 2 * pad))
-        for k in range(len(x)):
-            padded[k, pad : pad + n, pad : pad + n] = self.compute_image(x[k], y[k])
+        s = self.oversampling
+        stamp_at = self.compute_image if s == 1 else self._fine_image
+        m = self.coefficients.shape[1]
+        stamps = np.array([stamp_at(xk, yk) for xk, yk in zip(x.tolist(), y.tolist(), strict=True)])
+        stamps = stamps.reshape(len(x), m, m)  # (0, m, m) for no position
         dx, dy = x - np.floor(x + 0.5), y - np.floor(y + 0.5)
-        shifted = fft_shift(padded, dx, dy)[:, pad:-pad, pad:-pad]
+        shifted = fft_shift_padded(stamps, s * dx, s * dy)[:, ::s, ::s]
         # Each stamp's own sum: the same additions in the same order as draw's.
         totals = np.array([stamp.sum() for stamp in shifted])
         return np.asarray(shifted / totals[:, None, None])
-
-    def _draw_many_fine(
-        self, x: NDArray[np.float64], y: NDArray[np.float64]
-    ) -> NDArray[np.float64]:
-        # Shifted on the fine grid (by s times the pixel offset), then taken every s values.
-        s, n = self.oversampling, int(self.coefficients.shape[1])
-        pad = (good_size(n + 6) - n) // 2
-        padded = np.zeros((len(x), n + 2 * pad, n + 2 * pad))
-        for k in range(len(x)):
-            padded[k, pad : pad + n, pad : pad + n] = self._fine_image(x[k], y[k])
-        dx, dy = x - np.floor(x + 0.5), y - np.floor(y + 0.5)
-        shifted = fft_shift(padded, s * dx, s * dy)[:, pad : pad + n : s, pad : pad + n : s]
-        return np.asarray(shifted / shifted.sum(axis=(1, 2), keepdims=True))
 
     def moments(self, x: float, y: float) -> PsfShape:
         """Return adaptive moments (GalSim HSM) of the model at ``(x, y)``.
