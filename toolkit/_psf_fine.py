@@ -17,7 +17,9 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from ._stamps import fft_shift, good_size
+from ._model_fit_kernels import _psf_normal_equations
+from ._psf_flux_fits import _condition
+from ._stamps import fft_shift_padded
 
 _Floats = NDArray[np.float64]
 
@@ -76,11 +78,14 @@ def _fine_samples(
 
 def _shifted(stamps: _Floats, remainders: _Floats, sign: float = 1.0) -> _Floats:
     """Each stamp's values at its nodes plus ``sign`` times its remainder (Fourier, padded)."""
-    size = stamps.shape[1]
-    pad = (good_size(size + 16) - size) // 2
-    padded = np.pad(stamps, ((0, 0), (pad, pad), (pad, pad)))
-    moved = fft_shift(padded, -sign * remainders[:, 0], -sign * remainders[:, 1])
-    return np.asarray(moved[:, pad : pad + size, pad : pad + size])
+    return fft_shift_padded(stamps, -sign * remainders[:, 0], -sign * remainders[:, 1], margin=16)
+
+
+def _star_models(terms: _Floats, coeffs: _Floats, over: int) -> _Floats:
+    """Each star's model on the grid of ``coeffs``, of unit sum per pixel (``over²`` values)."""
+    model = np.einsum("sk,kyx->syx", terms, coeffs)
+    model /= model.sum(axis=(1, 2), keepdims=True) / over**2
+    return model
 
 
 def _solve(
@@ -144,36 +149,37 @@ def _fit_fine(
     remainders: _Floats,
     start: _Floats,
     over: int,
-    rounds: int = _FIRST_FINE_ROUNDS,
+    *,
+    first: bool,
 ) -> tuple[_Floats, _Floats]:
     """Fit the fine coefficients to the ``used`` stars; refine every star's remainder.
 
-    Returns the coefficients (``(n_terms, M, M)``; unit sum per pixel grid) and the
-    remainders (fine px), refined in place by a Gauss-Newton step per round: their
-    mean change over the used stars is held at zero (it would only move the model).
+    Returns the coefficients (``(n_terms, M, M)``) and the remainders (fine px),
+    refined in place by a Gauss-Newton step per solve, the measurement step's PSF
+    fit's (:func:`._model_fit_kernels._psf_normal_equations`): their mean change
+    over the used stars is held at zero (it would only move the model). The first
+    of fit_psf's rounds (``first``) makes ``_FIRST_FINE_ROUNDS`` solves, the
+    others one, from where the last left off.
     """
     coeffs = start
     f = np.nan_to_num(flux)
-    for _ in range(rounds):
+    n = len(data)
+    for _ in range(_FIRST_FINE_ROUNDS if first else 1):
         y = data[used] / f[used, None, None]
         weight = inv_var[used] * f[used, None, None] ** 2
         coeffs = _solve(y, weight, terms[used], remainders[used], coeffs)
-        model = np.einsum("kt,tyx->kyx", terms, coeffs)
-        model /= model.sum(axis=(1, 2), keepdims=True) / over**2
-        there = _shifted(model, remainders)
-        gy, gx = np.gradient(there, axis=(1, 2))
-        amplitude = f[:, None, None]
-        residual = data - amplitude * there
-        columns = (there, amplitude * gx, amplitude * gy)
-        normal = np.array(
-            [[np.sum(inv_var * a * b, axis=(1, 2)) for b in columns] for a in columns]
-        )
-        rhs = np.array([np.sum(inv_var * a * residual, axis=(1, 2)) for a in columns])
-        normal, rhs = np.moveaxis(normal, -1, 0), rhs.T
-        ok = np.all(np.isfinite(normal), axis=(1, 2)) & (np.linalg.det(normal) != 0)
-        step = np.zeros((len(rhs), 3))
-        step[ok] = np.linalg.solve(normal[ok], rhs[ok][..., None])[..., 0]
-        change = np.clip(step[:, 1:], -0.5, 0.5)
+        there = np.ascontiguousarray(_shifted(_star_models(terms, coeffs, over), remainders))
+        normal, rhs = np.empty((n, 3, 3)), np.empty((n, 3))
+        _psf_normal_equations(there, inv_var, data, np.arange(n, dtype=np.int64), normal, rhs)
+        ok = np.all(np.isfinite(normal), axis=(1, 2))
+        ok[ok] = _condition(normal[ok]) <= 1e12
+        sol = np.zeros((n, 3))
+        sol[ok] = np.linalg.solve(normal[ok], rhs[ok][..., None])[..., 0]
+        ok &= sol[:, 0] > 0
+        # The fit moves the star by sol[1:] / sol[0]: its samples, that much less far.
+        change = np.zeros((n, 2))
+        change[ok] = -sol[ok, 1:] / sol[ok, :1]
+        change = np.clip(change, -0.5, 0.5)
         change -= np.mean(change[used & ok], axis=0)
         remainders += change
     return coeffs, remainders

@@ -37,7 +37,7 @@ from astropy.table import Table
 from numpy.typing import NDArray
 
 from ._moments import _AdaptiveMoments
-from ._psf_fine import _FIRST_FINE_ROUNDS, _fine_samples, _fit_fine, _shifted
+from ._psf_fine import _fine_samples, _fit_fine, _shifted, _star_models
 from ._stamps import boxes, fft_shift, inside_fraction
 from .deblend import Deblended
 from .exposure import Exposure
@@ -355,9 +355,15 @@ def fit_psf(
     n = len(ids)
     if n < _MIN_STARS:
         return _fallback(config, f"only {n} PSF stars away from the edges", stamp_size, fwhm)
+    rng = np.random.default_rng(config.seed)
+    reserved = np.zeros(n, dtype=bool)
+    n_reserve = round(config.reserve_fraction * n)
+    if n - n_reserve >= 3:
+        reserved[rng.choice(n, size=n_reserve, replace=False)] = True
+    n_fit = int((~reserved).sum())
     # A star's pixels fall on one in over² of a fine grid's nodes: each node needs
     # min_stars_per_term stars even for a constant model.
-    few = round((1.0 - config.reserve_fraction) * n) < config.min_stars_per_term * over**2
+    few = n_fit < config.min_stars_per_term * over**2
     if over > 1 and few and config.oversampling is None:
         over = 1
     if over == 1 and fwhm < _UNDERSAMPLED_FWHM_PX:
@@ -396,13 +402,7 @@ def fit_psf(
         d, inv_var, remainders = _fine_samples(
             raw, raw_bad, var[:, crop, crop], x_arr - ixs, y_arr - iys, over
         )
-    rng = np.random.default_rng(config.seed)
-    reserved = np.zeros(n, dtype=bool)
-    n_reserve = round(config.reserve_fraction * n)
-    if n - n_reserve >= 3:
-        reserved[rng.choice(n, size=n_reserve, replace=False)] = True
     order = config.spatial_order
-    n_fit = int((~reserved).sum())
     # On a fine grid a star's pixels fall on one in over² of the nodes' lattices.
     per_term = config.min_stars_per_term * over**2
     while order > 0 and n_fit < per_term * _n_terms(order):
@@ -431,18 +431,15 @@ def fit_psf(
             leverage[:] = 0.0
             leverage[used] = _leverage(inv_var[used][:, core], flux[used], terms[used])
         else:
-            rounds = _FIRST_FINE_ROUNDS if iteration == 0 else 1
             if iteration == 0:  # first guess: each sample taken as at its node
                 coeffs = _fit_pixels(d[used], inv_var[used], flux[used], terms[used])
             # No leverage here (the nodes' fits are coupled): the shape test compares
             # each star with a model that includes it.
             coeffs, remainders = _fit_fine(
-                d, inv_var, flux, terms, used, remainders, coeffs, over, rounds
+                d, inv_var, flux, terms, used, remainders, coeffs, over, first=iteration == 0
             )
-        model = np.einsum("sk,kyx->syx", terms, coeffs)
-        # Unit sum on the pixel grid (over² values per pixel on a fine one); on a
-        # fine grid, each star's model is compared at its samples' places.
-        model /= model.sum(axis=(1, 2), keepdims=True) / over**2
+        # On a fine grid, each star's model is compared at its samples' places.
+        model = _star_models(terms, coeffs, over)
         if over > 1:
             model = _shifted(model, remainders)
         num = np.sum(inv_var * d * model, axis=(1, 2))

@@ -198,7 +198,7 @@ def _worst_errors(truth, model, size=640):
 def test_an_undersampled_psf_is_modelled_on_a_finer_grid(undersampled_field) -> None:
     # At 2 px FWHM stars cannot be re-centred by sinc interpolation: the model is
     # fitted on a grid twice finer, each star's pixels where they fall. Size and shape
-    # within 2e-4 of the truth (the pixel-scale fit is off by 1.4% in size).
+    # within 3e-4 of the truth (the pixel-scale fit is off by 1.4% in size).
     truth, exposure, blend, labels = undersampled_field
     fit = fit_psf(exposure, blend, PsfConfig(reject_sigma=1e6), labels=labels)
     assert fit.model.oversampling == 2 and fit.model.stamp_size % 2 == 1
