@@ -18,7 +18,7 @@ disagrees with the model's beyond their noise (:func:`_shape_residuals`; an
 unresolved companion star does this without raising the chi² of a whole
 stamp). This repeats ``n_iterations`` times. An undersampled PSF (FWHM under
 2.5 px) cannot be re-centred so: it is modelled on a finer grid, each star's
-pixels where they fall (:mod:`._psf_fine`).
+pixels where they fall, and band-limited (:mod:`._psf_fine`).
 
 Validation. At the reserved stars, adaptive moments (GalSim HSM) of the star
 and of the model drawn at the same sub-pixel position give ``dT/T`` and
@@ -436,7 +436,7 @@ def fit_psf(
             # No leverage here (the nodes' fits are coupled): the shape test compares
             # each star with a model that includes it.
             coeffs, remainders = _fit_fine(
-                d, inv_var, flux, terms, used, remainders, coeffs, over, first=iteration == 0
+                d, inv_var, flux, terms, used, remainders, coeffs, over, fwhm, first=iteration == 0
             )
         # On a fine grid, each star's model is compared at its samples' places.
         model = _star_models(terms, coeffs, over)
