@@ -47,7 +47,7 @@ _RIDGE = 1e-9
 # _CUT_PER_FWHM / FWHM, with a cos² taper between. A Kolmogorov PSF's transform
 # is 1e-4 of its peak at 2 / FWHM (and a diffraction-limited PSF's is zero beyond
 # ~1 / FWHM). On noise-free 2 px stars a cut at 1.8 / FWHM already biases the size
-# by 2e-3; on simulated 2 px visits the cut at 2 halves the shape noise.
+# by 2e-3; on simulated 2 px visits the cut at 2 cuts the shape noise by 2-3 times.
 _PASS_PER_FWHM = 1.6
 _CUT_PER_FWHM = 2.0
 # Fine pixels of zero padding around a star's model before its Fourier shift (the
@@ -123,7 +123,11 @@ def _band_limit(size: int, over: int, fwhm: float) -> _Floats:
 
 
 def _limited(coeffs: _Floats, band: _Floats) -> _Floats:
-    """``coeffs`` (``(..., M, M)``) filtered by the transfer function ``band``."""
+    """``coeffs`` (``(..., M, M)``) filtered by the transfer function ``band``.
+
+    The filter is circular over the model's grid: its edges, which it joins, hold
+    only the PSF's faint wings.
+    """
     size = coeffs.shape[-1]
     return np.asarray(np.fft.irfft2(np.fft.rfft2(coeffs) * band, s=(size, size)))
 
