@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 from ._model_fit_kernels import _psf_normal_equations
 from ._psf_flux_fits import _condition
 from ._stamps import good_size
+from .psf_model import _term_normal_matrices
 
 _Floats = NDArray[np.float64]
 
@@ -194,8 +195,7 @@ def _solve(
     # Preconditioner: each node's own normal matrix over the terms, as if the samples
     # sat on it (the polynomial terms are far from orthogonal), within the band.
     n_terms, size = terms.shape[1], weight.shape[1]
-    pairs = (terms[:, :, None] * terms[:, None, :]).reshape(len(terms), n_terms * n_terms)
-    blocks = (weight.reshape(len(terms), -1).T @ pairs).reshape(-1, n_terms, n_terms)
+    blocks = _term_normal_matrices(weight, terms).reshape(-1, n_terms, n_terms)
     ridge = _RIDGE * float(np.mean(np.trace(blocks, axis1=1, axis2=2))) / n_terms
     inverse = np.linalg.inv(blocks + ridge * np.eye(n_terms))
 

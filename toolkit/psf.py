@@ -41,7 +41,7 @@ from ._psf_fine import _fine_samples, _fit_fine, _shifted, _star_models
 from ._stamps import boxes, fft_shift, inside_fraction
 from .deblend import Deblended
 from .exposure import Exposure
-from .psf_model import PsfModel, PsfShape, _hsm, _n_terms, _terms
+from .psf_model import PsfModel, PsfShape, _hsm, _n_terms, _term_normal_matrices, _terms
 from .rho_statistics import RhoStatistics, rho_statistics
 
 __all__ = [
@@ -568,10 +568,8 @@ def _fit_pixels(
     y = data / flux[:, None, None]
     # As matrix products over the stars (three-operand einsums loop slowly).
     n_stars, ny, nx = w.shape
-    n_terms = terms.shape[1]
-    pairs = (terms[:, :, None] * terms[:, None, :]).reshape(n_stars, n_terms * n_terms)
-    normal = (w.reshape(n_stars, -1).T @ pairs).reshape(ny, nx, n_terms, n_terms)
-    rhs = ((w * y).reshape(n_stars, -1).T @ terms).reshape(ny, nx, n_terms)
+    normal = _term_normal_matrices(w, terms)
+    rhs = ((w * y).reshape(n_stars, -1).T @ terms).reshape(ny, nx, terms.shape[1])
     ridge = 1e-12 * np.trace(normal, axis1=2, axis2=3)[..., None, None] * np.eye(terms.shape[1])
     coeffs = np.linalg.solve(normal + ridge + 1e-300, rhs[..., None])[..., 0]
     return np.moveaxis(coeffs, -1, 0)
@@ -603,8 +601,7 @@ def _leverage(
     """
     w = inv_var * flux[:, None] ** 2
     n_terms = terms.shape[1]
-    pairs = (terms[:, :, None] * terms[:, None, :]).reshape(len(terms), n_terms * n_terms)
-    normal = (w.T @ pairs).reshape(-1, n_terms, n_terms)
+    normal = _term_normal_matrices(w, terms)
     ridge = 1e-12 * np.trace(normal, axis1=1, axis2=2)[:, None, None] * np.eye(n_terms)
     inverse = np.linalg.inv(normal + ridge + 1e-300 * np.eye(n_terms))
     quadratic = np.einsum("sk,pkl,sl->sp", terms, inverse, terms, optimize=True)

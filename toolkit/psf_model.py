@@ -65,6 +65,21 @@ def _n_terms(order: int) -> int:
     return (order + 1) * (order + 2) // 2
 
 
+def _term_normal_matrices(
+    weights: NDArray[np.float64], terms: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """Each model value's normal matrix over the polynomial terms, ``sum_s w_s t_s t_s^T``.
+
+    ``weights`` is ``(n_stars, ...)`` (a weight per star and model value), ``terms``
+    ``(n_stars, n_terms)``; returns ``(..., n_terms, n_terms)``, as one matrix
+    product over the stars (three-operand einsums loop slowly).
+    """
+    n_stars, n_terms = terms.shape
+    pairs = (terms[:, :, None] * terms[:, None, :]).reshape(n_stars, n_terms * n_terms)
+    normal = weights.reshape(n_stars, -1).T @ pairs
+    return normal.reshape(*weights.shape[1:], n_terms, n_terms)
+
+
 @dataclass(frozen=True, eq=False)
 class PsfModel:
     """A pixel-basis PSF whose pixels are polynomials of the detector position.
