@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 
 from ._model_fit_kernels import _psf_normal_equations
 from ._psf_flux_fits import _condition
-from ._stamps import good_size
+from ._stamps import phase_ramp, shift_padding
 from .psf_model import _term_normal_matrices
 
 _Floats = NDArray[np.float64]
@@ -144,13 +144,11 @@ class _Shift:
 
     def __init__(self, remainders: _Floats, size: int) -> None:
         self.size = size
-        self.pad = (good_size(size + _SHIFT_MARGIN) - size) // 2
-        padded = size + 2 * self.pad
-        ky = np.fft.fftfreq(padded)[:, None]
-        kx = np.fft.rfftfreq(padded)[None, :]
-        dx, dy = remainders[:, 0, None, None], remainders[:, 1, None, None]
-        self.phase = np.exp(2j * np.pi * (kx * dx + ky * dy))
-        self.padded = padded
+        self.pad = shift_padding(size, _SHIFT_MARGIN)
+        self.padded = size + 2 * self.pad
+        # The values at each node plus its remainder: the model shifted by -remainder.
+        dx, dy = -remainders[:, 0, None, None], -remainders[:, 1, None, None]
+        self.phase = phase_ramp(self.padded, self.padded, dx, dy)
 
     def _apply(self, stamps: _Floats, phase: NDArray[np.complex128]) -> _Floats:
         p, m = self.pad, self.size

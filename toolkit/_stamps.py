@@ -58,13 +58,28 @@ def fft_shift(
             part = slice(start, start + _SHIFT_CHUNK)
             out[part] = fft_shift(stamp[part], dx[part], dy[part])
         return out
-    ky = np.fft.fftfreq(ny)[:, None]  # fftfreq/rfftfreq are cheap next to the transforms
-    kx = np.fft.rfftfreq(nx)[None, :]
     if np.ndim(dx) or np.ndim(dy):
         dx = np.asarray(dx, dtype=np.float64)[..., None, None]
         dy = np.asarray(dy, dtype=np.float64)[..., None, None]
-    phase = np.exp(-2j * np.pi * (kx * dx + ky * dy))
-    return np.fft.irfft2(np.fft.rfft2(stamp) * phase, s=(ny, nx))
+    return np.fft.irfft2(np.fft.rfft2(stamp) * phase_ramp(ny, nx, dx, dy), s=(ny, nx))
+
+
+def phase_ramp(ny: int, nx: int, dx: Any, dy: Any) -> NDArray[np.complex128]:
+    """Return the ``rfft2`` factor that shifts an ``(ny, nx)`` image by ``(dx, dy)`` pixels.
+
+    ``dx``, ``dy`` broadcast against ``(ny, nx // 2 + 1)`` (e.g. ``(n, 1, 1)`` for a stack).
+    """
+    ky = np.fft.fftfreq(ny)[:, None]  # fftfreq/rfftfreq are cheap next to the transforms
+    kx = np.fft.rfftfreq(nx)[None, :]
+    return np.asarray(np.exp(-2j * np.pi * (kx * dx + ky * dy)))
+
+
+def shift_padding(n: int, margin: int) -> int:
+    """Return the zeros a side that pad length ``n`` to the :func:`good_size` of ``n + margin``.
+
+    The padded length is ``n + 2 * shift_padding(n, margin)``.
+    """
+    return (good_size(n + margin) - n) // 2
 
 
 def fft_shift_padded(
@@ -79,7 +94,7 @@ def fft_shift_padded(
     length plus ``margin``, shifted, and cropped back to the stamps' shape.
     """
     ny, nx = stamps.shape[-2:]
-    py, px = (good_size(ny + margin) - ny) // 2, (good_size(nx + margin) - nx) // 2
+    py, px = shift_padding(ny, margin), shift_padding(nx, margin)
     widths = [(0, 0)] * (stamps.ndim - 2) + [(py, py), (px, px)]
     shifted = fft_shift(np.pad(stamps, widths), dx, dy)
     return np.asarray(shifted[..., py : py + ny, px : px + nx])
