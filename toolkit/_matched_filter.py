@@ -221,8 +221,9 @@ def _separable_signal_to_noise(
     FFT path computes them. The ``kh`` input rows an output row needs are kept,
     cleaned (``zero_data`` sets data to 0 and ``fill_mask`` var to ``fill_value``;
     empty arrays: none), in a ring of rows; the column pass sums them into a
-    zero-padded row and the row pass sums along it. Every inner loop runs over
-    contiguous rows without branches, so that numba vectorises it.
+    zero-padded row and the row pass sums along it; :func:`_signal_to_noise` then
+    divides. Every inner loop runs over contiguous rows without branches, so that
+    numba vectorises it.
     """
     ny, nx = data.shape
     kh, kw = len(column), len(row)
@@ -230,7 +231,6 @@ def _separable_signal_to_noise(
     use_zero = zero_data.shape[0] > 0
     use_fill = fill_mask.shape[0] > 0
     zero32 = np.float32(0.0)
-    tiny = np.float32(1e-30)
     ring_data = np.zeros((kh, nx), dtype=np.float32)
     ring_var = np.zeros((kh, nx), dtype=np.float32)
     padded_data = np.zeros(nx + 2 * hx, dtype=np.float32)
@@ -272,12 +272,7 @@ def _separable_signal_to_noise(
                 smoothed[x] += rb * d_shifted[x]
             for x in range(nx):
                 noise2[x] += rb2 * v_shifted[x]
-        out_row = out[y]
-        for x in range(nx):
-            n2 = noise2[x]
-            if n2 < tiny:
-                n2 = tiny
-            out_row[x] = smoothed[x] / np.sqrt(n2)
+        _signal_to_noise(smoothed.reshape(1, nx), noise2.reshape(1, nx), 0, 0, out[y : y + 1])
 
 
 @_compiled
