@@ -91,20 +91,21 @@ def _draw_star(image: galsim.ImageD, truth: SimulatedPsf, x: float, y: float, fl
     image[bounds] += stamp[bounds]
 
 
-def _noise_free_stars(truth: SimulatedPsf, size: int) -> Exposure:
+def _noise_free_stars(truth: SimulatedPsf, size: int, *, noisy: bool = False) -> Exposure:
     """Stars of 2e4-3e5 ADU on a grid; the variance has their photon noise, the pixels do not.
 
-    The variance is the fit's weights; the pixels carry 0.01 ADU of noise only.
+    The variance is the fit's weights; the pixels carry 0.01 ADU of noise only, or
+    with ``noisy`` the variance's noise.
     """
     rng = np.random.default_rng(11)
     xs, ys = _star_grid(rng, size)
     image = galsim.ImageD(size, size, scale=1.0)
     for x, y, flux in zip(xs, ys, 10 ** rng.uniform(4.3, 5.5, xs.size), strict=True):
         _draw_star(image, truth, x, y, flux)
+    variance = 25.0 + image.array / 1.5
+    sigma = np.sqrt(variance) if noisy else 0.01
     return Exposure(
-        image.array + rng.normal(0.0, 0.01, image.array.shape),
-        variance=25.0 + image.array / 1.5,
-        psf=truth,
+        image.array + rng.normal(0.0, sigma, image.array.shape), variance=variance, psf=truth
     )
 
 
@@ -233,13 +234,7 @@ def test_a_band_limited_fine_model_is_less_noisy(monkeypatch) -> None:
     # noise realisations; this is the first).
     size = 640
     truth = _grid_truth(size, (0.0,) * 6, fwhm_px=2.0)
-    rng = np.random.default_rng(11)
-    xs, ys = _star_grid(rng, size)
-    image = galsim.ImageD(size, size, scale=1.0)
-    for x, y, flux in zip(xs, ys, 10 ** rng.uniform(4.3, 5.5, xs.size), strict=True):
-        _draw_star(image, truth, x, y, flux)
-    variance = 25.0 + image.array / 1.5
-    exposure = Exposure(image.array + rng.normal(0.0, np.sqrt(variance)), variance=variance)
+    exposure = _noise_free_stars(truth, size, noisy=True)
     det = detect_sources(exposure)
     blend = deblend_sources(exposure, det)
     config = PsfConfig(reserve_fraction=0.0)
