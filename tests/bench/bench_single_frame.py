@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -163,12 +164,7 @@ def run_peers(
     commands = [
         [SEX, str(image), *base, "-CATALOG_TYPE", "FITS_LDAC", "-CATALOG_NAME",
          str(work / "pre.cat"), "-PARAMETERS_NAME", str(work / "pre.param")],
-        [PSFEX, str(work / "pre.cat"), "-c", "/usr/share/psfex/default.psfex",
-         "-PSF_SIZE", "35,35", "-PSFVAR_DEGREES", "2", "-PSF_SAMPLING", "1.0",
-         "-BASIS_TYPE", "PIXEL_AUTO", "-SAMPLE_VARIABILITY", "0.3", "-SAMPLE_MINSN", "20",
-         "-SAMPLE_FWHMRANGE", "1.5,15", "-SAMPLE_MAXELLIP", "0.3", "-CHECKPLOT_TYPE", "NONE",
-         "-CHECKIMAGE_TYPE", "NONE", "-WRITE_XML", "N", "-NTHREADS", "1", "-VERBOSE_TYPE",
-         "QUIET", "-PSF_DIR", str(work)],
+        psfex_command(work / "pre.cat", work, size=35, sampling=1.0),
         [SEX, str(image), *base, "-CATALOG_TYPE", "FITS_1.0", "-CATALOG_NAME",
          str(work / "final.cat"), "-PARAMETERS_NAME", str(work / "final.param"),
          "-PSF_NAME", str(work / "pre.psf")],
@@ -182,16 +178,78 @@ def run_peers(
     return Table.read(work / "final.cat", hdu=1), psf_file, wall, cpu, peak_kb / 1024.0
 
 
-def psfex_image(psf_file: Path, x: float, y: float) -> np.ndarray:
-    """PSFEx model at (x, y) (0-based), sampling 1: sum of PSF_MASK x polynomial terms."""
-    with fits.open(psf_file) as hdul:
+def psfex_command(catalog: Path, psf_dir: Path, *, size: int, sampling: float) -> list[str]:
+    """PSFEx on a SExtractor FITS_LDAC ``catalog``, for a field whose seeing varies.
+
+    A ``size`` x ``size`` model of ``sampling`` image pixels a step, second-degree
+    variation, written to ``psf_dir``; one thread.
+    """
+    return [
+        str(PSFEX), str(catalog), "-c", "/usr/share/psfex/default.psfex",
+        "-PSF_SIZE", f"{size},{size}", "-PSFVAR_DEGREES", "2", "-PSF_SAMPLING", f"{sampling}",
+        "-BASIS_TYPE", "PIXEL_AUTO", "-SAMPLE_VARIABILITY", "0.3", "-SAMPLE_MINSN", "20",
+        "-SAMPLE_FWHMRANGE", "1.5,15", "-SAMPLE_MAXELLIP", "0.3", "-CHECKPLOT_TYPE", "NONE",
+        "-CHECKIMAGE_TYPE", "NONE", "-WRITE_XML", "N", "-NTHREADS", "1", "-VERBOSE_TYPE",
+        "QUIET", "-PSF_DIR", str(psf_dir),
+    ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PsfexModel:
+    """A PSFEx ``.psf`` file.
+
+    Attributes
+    ----------
+    basis : numpy.ndarray, shape (n_terms, n, n)
+        ``PSF_MASK``: one image per polynomial term, on the model grid.
+    sampling_px : float
+        ``PSF_SAMP``: the model grid's step (image pixels).
+    zero, scale : tuple of float
+        ``POLZERO1/2``, ``POLSCAL1/2`` (1-based image pixels, as PSFEx's X_IMAGE).
+    degree : int
+        ``POLDEG1``.
+    n_stars : int
+        ``ACCEPTED``: the stars PSFEx kept.
+    """
+
+    basis: np.ndarray
+    sampling_px: float
+    zero: tuple[float, float]
+    scale: tuple[float, float]
+    degree: int
+    n_stars: int
+
+
+def read_psfex(path: Path) -> PsfexModel:
+    """Read a PSFEx ``.psf`` file, at any ``PSF_SAMP``."""
+    with fits.open(path) as hdul:
         header = hdul[1].header
-        basis = np.asarray(hdul[1].data["PSF_MASK"][0], dtype=float)
-    dx = (x + 1 - header["POLZERO1"]) / header["POLSCAL1"]
-    dy = (y + 1 - header["POLZERO2"]) / header["POLSCAL2"]
-    degree = int(header["POLDEG1"])
-    terms = [dx**i * dy**j for j in range(degree + 1) for i in range(degree + 1 - j)]
-    stamp = np.tensordot(np.array(terms), basis, axes=1)
+        basis = np.asarray(hdul[1].data["PSF_MASK"][0], dtype=np.float64)
+    return PsfexModel(
+        basis=basis,
+        sampling_px=float(header["PSF_SAMP"]),
+        zero=(float(header["POLZERO1"]), float(header["POLZERO2"])),
+        scale=(float(header["POLSCAL1"]), float(header["POLSCAL2"])),
+        degree=int(header["POLDEG1"]),
+        n_stars=int(header.get("ACCEPTED", -1)),
+    )
+
+
+def psfex_fine_image(model: PsfexModel, x: float, y: float) -> np.ndarray:
+    """PSFEx model at 0-based ``(x, y)`` on its own grid (``PSF_SAMP`` px a step), unnormalized.
+
+    Terms in PSFEx's order, x powers first: 1, x, x², y, xy, y² for degree 2.
+    """
+    dx = (x + 1.0 - model.zero[0]) / model.scale[0]
+    dy = (y + 1.0 - model.zero[1]) / model.scale[1]
+    d = model.degree
+    terms = np.array([dx**i * dy**j for j in range(d + 1) for i in range(d + 1 - j)])
+    return np.asarray(np.tensordot(terms, model.basis, axes=1))
+
+
+def psfex_image(model: PsfexModel, x: float, y: float) -> np.ndarray:
+    """PSFEx model of sampling 1 at 0-based ``(x, y)``, unit sum."""
+    stamp = psfex_fine_image(model, x, y)
     return stamp / stamp.sum()
 
 
@@ -280,7 +338,8 @@ def main() -> int:
         rx, ry = np.asarray(reserved["x"]), np.asarray(reserved["y"])
         truth_shape = np.array([tuple(exp.psf.moments(x, y)) for x, y in zip(rx, ry, strict=True)])
         ours_shape = shapes([model.compute_image(x, y) for x, y in zip(rx, ry, strict=True)])
-        peer_shape = shapes([psfex_image(psf_file, x, y) for x, y in zip(rx, ry, strict=True)])
+        psfex = read_psfex(psf_file)
+        peer_shape = shapes([psfex_image(psfex, x, y) for x, y in zip(rx, ry, strict=True)])
         # The peers again, computing model fluxes as stacklab does (slow in SExtractor).
         _, _, model_wall, model_cpu, _ = run_peers(image_path, weight_path, work, model_fits=True)
         sep_objects, sep_wall, sep_cpu = run_sep(exp.image)

@@ -48,7 +48,11 @@ from bench_single_frame import (  # noqa: E402
     PSFEX,
     SEX,
     SHARE,
+    PsfexModel,
     _sextractor_config,
+    psfex_command,
+    psfex_fine_image,
+    read_psfex,
     shapes,
 )
 
@@ -87,32 +91,6 @@ class StacklabRun:
     def short(self) -> str:
         """The label without "stacklab"."""
         return self.label.removeprefix("stacklab ")
-
-
-@dataclass(frozen=True)
-class PsfexModel:
-    """A PSFEx ``.psf`` file.
-
-    Attributes
-    ----------
-    basis : numpy.ndarray, shape (n_terms, n, n)
-        ``PSF_MASK``: one image per polynomial term, on the model grid.
-    sampling_px : float
-        ``PSF_SAMP``: the model grid's step (image pixels).
-    zero, scale : tuple of float
-        ``POLZERO1/2``, ``POLSCAL1/2`` (1-based image pixels, as PSFEx's X_IMAGE).
-    degree : int
-        ``POLDEG1``.
-    n_stars : int
-        ``ACCEPTED``: the stars PSFEx kept.
-    """
-
-    basis: NDArray[np.float64]
-    sampling_px: float
-    zero: tuple[float, float]
-    scale: tuple[float, float]
-    degree: int
-    n_stars: int
 
 
 @dataclass(frozen=True)
@@ -202,14 +180,7 @@ def run_psfex(catalog: Path, work: Path, sampling_px: float) -> tuple[Path, floa
     size = PSFEX_SIZES[sampling_px]
     out = work / f"psfex_{sampling_px:g}"
     out.mkdir()
-    command = [
-        str(PSFEX), str(catalog), "-c", "/usr/share/psfex/default.psfex",
-        "-PSF_SIZE", f"{size},{size}", "-PSFVAR_DEGREES", "2", "-PSF_SAMPLING", f"{sampling_px}",
-        "-BASIS_TYPE", "PIXEL_AUTO", "-SAMPLE_VARIABILITY", "0.3", "-SAMPLE_MINSN", "20",
-        "-SAMPLE_FWHMRANGE", "1.5,15", "-SAMPLE_MAXELLIP", "0.3", "-CHECKPLOT_TYPE", "NONE",
-        "-CHECKIMAGE_TYPE", "NONE", "-WRITE_XML", "N", "-NTHREADS", "1", "-VERBOSE_TYPE",
-        "QUIET", "-PSF_DIR", str(out),
-    ]  # fmt: skip
+    command = psfex_command(catalog, out, size=size, sampling=sampling_px)
     wall, cpu = run_timed([command], work)
     return out / f"{catalog.stem}.psf", wall, cpu
 
@@ -259,33 +230,6 @@ def run_peers(sim: SimulatedVisit) -> list[PsfexRun]:
                 )
             )
     return runs
-
-
-def read_psfex(path: Path) -> PsfexModel:
-    """Read a PSFEx ``.psf`` file, at any ``PSF_SAMP``."""
-    with fits.open(path) as hdul:
-        header = hdul[1].header
-        basis = np.asarray(hdul[1].data["PSF_MASK"][0], dtype=np.float64)
-    return PsfexModel(
-        basis=basis,
-        sampling_px=float(header["PSF_SAMP"]),
-        zero=(float(header["POLZERO1"]), float(header["POLZERO2"])),
-        scale=(float(header["POLSCAL1"]), float(header["POLSCAL2"])),
-        degree=int(header["POLDEG1"]),
-        n_stars=int(header.get("ACCEPTED", -1)),
-    )
-
-
-def psfex_fine_image(model: PsfexModel, x: float, y: float) -> NDArray[np.float64]:
-    """PSFEx model at 0-based ``(x, y)`` on its own grid (``PSF_SAMP`` px a step), unnormalized.
-
-    Terms in PSFEx's order, x powers first: 1, x, x², y, xy, y² for degree 2.
-    """
-    dx = (x + 1.0 - model.zero[0]) / model.scale[0]
-    dy = (y + 1.0 - model.zero[1]) / model.scale[1]
-    d = model.degree
-    terms = np.array([dx**i * dy**j for j in range(d + 1) for i in range(d + 1 - j)])
-    return np.asarray(np.tensordot(terms, model.basis, axes=1))
 
 
 def psfex_stamp(model: PsfexModel, x: float, y: float) -> NDArray[np.float64]:
