@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 
 from ._model_fit_kernels import _psf_normal_equations
 from ._psf_flux_fits import _condition
-from ._stamps import phase_ramp, shift_padding
+from ._stamps import inverse_variance, phase_ramp, shift_padding
 from .psf_model import _term_normal_matrices
 
 _Floats = NDArray[np.float64]
@@ -87,7 +87,7 @@ def _fine_samples(
     pixel_nodes = over * np.arange(size)
     data = np.zeros((n, fine, fine))
     inv_var = np.zeros((n, fine, fine))
-    weight = np.where(bad | ~(variance > 0), 0.0, 1.0 / np.where(variance > 0, variance, 1.0))
+    weight = inverse_variance(variance, bad)
     for k in range(n):
         cols, rows = pixel_nodes + node_shift[k, 0], pixel_nodes + node_shift[k, 1]
         keep_c, keep_r = (cols >= 0) & (cols < fine), (rows >= 0) & (rows < fine)

@@ -100,6 +100,12 @@ def fft_shift_padded(
     return np.asarray(shifted[..., py : py + ny, px : px + nx])
 
 
+def inverse_variance(variance: NDArray[np.floating], bad: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """Weights ``1 / variance``, 0 on ``bad`` pixels and where the variance is not > 0."""
+    usable = ~bad & (variance > 0)
+    return np.where(usable, 1.0 / np.where(usable, variance, 1.0), 0.0)
+
+
 def cutout(
     array: NDArray[Any],
     ix: int,

@@ -38,7 +38,7 @@ from numpy.typing import NDArray
 
 from ._moments import _AdaptiveMoments
 from ._psf_fine import _fine_samples, _fit_fine, _shifted, _star_models
-from ._stamps import boxes, fft_shift, inside_fraction
+from ._stamps import boxes, fft_shift, inside_fraction, inverse_variance
 from .deblend import Deblended
 from .exposure import Exposure
 from .psf_model import PsfModel, PsfShape, _hsm, _n_terms, _term_normal_matrices, _terms
@@ -397,7 +397,7 @@ def fit_psf(
         bad_c = bad_c | np.roll(bad_c, 1, 2) | np.roll(bad_c, -1, 2)
         var_c = var[:, crop, crop]
         d = np.ascontiguousarray(shifted[:, crop, crop])
-        inv_var = np.where(bad_c | ~(var_c > 0), 0.0, 1.0 / var_c)
+        inv_var = inverse_variance(var_c, bad_c)
     else:
         d, inv_var, remainders = _fine_samples(
             raw, raw_bad, var[:, crop, crop], x_arr - ixs, y_arr - iys, over
