@@ -250,9 +250,9 @@ def _fit_fine(
     band = _band_limit(start.shape[1], over, fwhm)
     f = np.nan_to_num(flux)
     n = len(data)
+    y = data[used] / f[used, None, None]
+    weight = inv_var[used] * f[used, None, None] ** 2
     for _ in range(_FIRST_FINE_ROUNDS if first else 1):
-        y = data[used] / f[used, None, None]
-        weight = inv_var[used] * f[used, None, None] ** 2
         coeffs = _solve(y, weight, terms[used], remainders[used], coeffs, band)
         there = np.ascontiguousarray(_shifted(_star_models(terms, coeffs, over), remainders))
         normal, rhs = np.empty((n, 3, 3)), np.empty((n, 3))
